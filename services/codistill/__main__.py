@@ -1,0 +1,5 @@
+import sys
+
+from codistill.cli import main
+
+sys.exit(main())

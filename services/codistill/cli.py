@@ -1,0 +1,107 @@
+"""`codistill` command line.
+
+  codistill run CONFIG [--set key=value ...] [--out DIR] [--compare S1,S2] [--address ADDR] [--force]
+
+Exit codes: 0 success, 1 a run failed, 2 bad input (nothing was started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from codistill import config as config_mod
+from codistill.config import STRATEGIES, ConfigError
+from codistill.data import DataError
+from codistill.partition import PartitionError
+from codistill.region.messages import RegionError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(EXIT_USAGE, f"codistill: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="codistill", description="Peer-to-peer co-distillation between Ray-actor regions over gRPC.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="train regions and report their accuracy")
+    r.add_argument("config", help="YAML config (see configs/)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set regions.count=8 (repeatable)")
+    r.add_argument("--out", type=Path, help="output folder (default runs/<timestamp>-<name>/)")
+    r.add_argument("--compare", default="", help=f"also run these strategies on the same split, comma-separated: {','.join(STRATEGIES)}")
+    r.add_argument("--address", help="join an existing Ray cluster (default: $RAY_ADDRESS, else start Ray locally)")
+    r.add_argument("--force", action="store_true", help="write into an existing, non-empty output folder")
+    r.add_argument("--quiet", action="store_true", help="no live table")
+    return p
+
+
+def _fail(console: Console, message: str, code: int) -> int:
+    console.print(f"[bold red]codistill: error:[/] {message}", highlight=False, soft_wrap=True)
+    return code
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    try:
+        cfg = config_mod.load(args.config, args.overrides)
+        compare = [s.strip() for s in args.compare.split(",") if s.strip()]
+        unknown = [s for s in compare if s not in STRATEGIES]
+        if unknown:
+            raise ConfigError(f"--compare: unknown strategy '{unknown[0]}' (expected one of {', '.join(STRATEGIES)})")
+        out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
+        if out.exists() and any(out.iterdir()) and not args.force:
+            raise ConfigError(f"output folder {out} already holds files; choose another --out or pass --force")
+        from codistill.launch import driver
+
+        split = driver.prepare(cfg)
+    except (ConfigError, DataError, PartitionError) as exc:
+        return _fail(console, str(exc), EXIT_USAGE)
+
+    from codistill.progress import LiveProgress, results_table
+
+    console.print(
+        f"[bold]{cfg.name}[/]: {cfg.regions.count} regions, {cfg.data.dataset} "
+        f"({len(split.transfer)} transfer, {sum(len(s) for s in split.slices)} labeled, "
+        f"{len(split.dataset.test.y)} test), {cfg.data.partition.kind} split, "
+        f"consensus={cfg.consensus.rule}, exchange={cfg.exchange.mode}/{cfg.exchange.transport} -> {out}",
+        highlight=False,
+    )
+    live = None if args.quiet else LiveProgress(console)
+    failure = None
+    try:
+        doc = driver.run(
+            cfg, out, compare=compare, address=args.address,
+            on_progress=live.update if live else None, split=split,
+        )
+    except RegionError as exc:
+        failure = str(exc)
+    finally:
+        if live:
+            live.close()
+    if failure:
+        return _fail(console, failure, EXIT_FAILED)
+    console.print(results_table(doc))
+    console.print(f"results: {out / 'results.json'}  metrics: {out / 'metrics.jsonl'}", highlight=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    console = Console(stderr=False)
+    if args.command == "run":
+        return cmd_run(args, console)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Placing, wiring and supervising regions: Ray actors or in-process threads."""

@@ -1,0 +1,151 @@
+"""Orchestrates a run: split once, run each strategy on it, gather results.
+
+Data flows one way: config -> split -> regions (train <-> exchange) ->
+results. The driver never relays predictions; it only places regions, wires
+them, watches progress and collects their final evaluations.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from codistill import config as config_mod
+from codistill.config import RunConfig
+from codistill.data import Split, load_dataset, make_split
+from codistill.launch.inprocess import run_inprocess
+from codistill.launch.plan import plan_regions
+from codistill.region.trainer import RegionResult
+
+
+@dataclass
+class StrategyResult:
+    strategy: str
+    regions: list[RegionResult]
+    ensemble_test_accuracy: float
+    wall_seconds: float
+    transport: str
+
+    @property
+    def mean_test_accuracy(self) -> float:
+        return float(np.mean([r.test_accuracy for r in self.regions]))
+
+    def summary(self) -> dict[str, Any]:
+        accs = [r.test_accuracy for r in self.regions]
+        return {
+            "strategy": self.strategy,
+            "transport": self.transport,
+            "mean_test_accuracy": self.mean_test_accuracy,
+            "min_test_accuracy": float(np.min(accs)),
+            "max_test_accuracy": float(np.max(accs)),
+            "ensemble_test_accuracy": self.ensemble_test_accuracy,
+            "bytes_sent": int(sum(r.bytes_sent for r in self.regions)),
+            "bytes_received": int(sum(r.bytes_received for r in self.regions)),
+            "wall_seconds": self.wall_seconds,
+            "regions": [r.summary() for r in self.regions],
+        }
+
+
+def ensemble_accuracy(results: list[RegionResult], y_test: np.ndarray) -> float:
+    """Accuracy of the average of all regions' test predictions."""
+    mean = np.mean([r.test_probs for r in results], axis=0)
+    return float((mean.argmax(1) == y_test).mean())
+
+
+def new_run_id(name: str) -> str:
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def prepare(cfg: RunConfig) -> Split:
+    """Load data and split it; raises DataError/PartitionError before anything starts."""
+    return make_split(cfg, load_dataset(cfg))
+
+
+def run_strategy(
+    cfg: RunConfig,
+    split: Split,
+    strategy: str,
+    run_id: str,
+    *,
+    address: str | None = None,
+    on_progress: Callable[[list[dict]], None] | None = None,
+) -> StrategyResult:
+    plans = plan_regions(cfg, split, strategy)
+    start = time.perf_counter()
+    if cfg.exchange.transport == "inprocess":
+        results = run_inprocess(cfg, split, plans, run_id, on_progress)
+    else:
+        from codistill.launch.ray_runner import ensure_ray, run_on_ray
+
+        local = ensure_ray(cfg, address)
+        results = run_on_ray(cfg, split, plans, run_id, local=local, on_progress=on_progress)
+    wall = time.perf_counter() - start
+    return StrategyResult(
+        strategy, results, ensemble_accuracy(results, split.dataset.test.y), wall, cfg.exchange.transport
+    )
+
+
+@dataclass
+class RunOutput:
+    out_dir: Path
+    results: dict[str, StrategyResult] = field(default_factory=dict)
+
+
+def write_results(out_dir: Path, cfg: RunConfig, run_id: str, split: Split, results: dict[str, StrategyResult]) -> dict:
+    main = results[cfg.strategy]
+    doc = {
+        "run_id": run_id,
+        **main.summary(),
+        "dataset": {
+            "name": split.dataset.name,
+            "train": int(len(split.dataset.train.y)),
+            "test": int(len(split.dataset.test.y)),
+            "transfer": int(len(split.transfer)),
+            "labeled_per_region": [int(len(s)) for s in split.slices],
+            "classes": split.dataset.class_names,
+        },
+        "config": cfg.model_dump(mode="json"),
+    }
+    if len(results) > 1:
+        doc["compare"] = {name: r.summary() for name, r in results.items()}
+    tmp = out_dir / "results.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(out_dir / "results.json")
+    return doc
+
+
+def run(
+    cfg: RunConfig,
+    out_dir: Path,
+    *,
+    compare: list[str] | None = None,
+    address: str | None = None,
+    on_progress: Callable[[str, list[dict]], None] | None = None,
+    split: Split | None = None,
+) -> dict:
+    """Run cfg.strategy (and each of `compare`) on one split; write results into out_dir."""
+    split = split or prepare(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(config_mod.dump(cfg))
+    run_id = new_run_id(cfg.name)
+    strategies = [cfg.strategy] + [s for s in (compare or []) if s != cfg.strategy]
+    results: dict[str, StrategyResult] = {}
+    with open(out_dir / "metrics.jsonl", "w") as metrics:
+        for strategy in strategies:
+
+            def progress(snapshots: list[dict], strategy: str = strategy) -> None:
+                for snap in snapshots:
+                    for rec in snap["records"]:
+                        metrics.write(json.dumps({"strategy": strategy, **rec}) + "\n")
+                metrics.flush()
+                if on_progress:
+                    on_progress(strategy, snapshots)
+
+            results[strategy] = run_strategy(cfg, split, strategy, run_id, address=address, on_progress=progress)
+    return write_results(out_dir, cfg, run_id, split, results)

@@ -1,0 +1,54 @@
+"""Turn a config and a split into the regions a strategy runs.
+
+`codistill` and `independent` run one region per labeled slice; the first
+exchanges predictions, the second never does. `centralized` runs a single
+model on the pooled labeled data with the same total number of steps as all
+regions together, the usual upper reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from codistill import topology
+from codistill.config import RunConfig
+from codistill.data import Split
+from codistill.region.trainer import RegionData
+
+
+@dataclass
+class RegionPlan:
+    id: int
+    arch: str
+    steps: int
+    exchange: bool
+    labeled: np.ndarray  # indices into split.dataset.train
+    sends_to: list[int]
+    receives_from: list[int]
+
+
+def plan_regions(cfg: RunConfig, split: Split, strategy: str) -> list[RegionPlan]:
+    if strategy == "centralized":
+        return [RegionPlan(0, cfg.regions.architecture(0), cfg.train.steps * cfg.regions.count, False, split.labeled, [], [])]
+    n = cfg.regions.count
+    exchange = strategy == "codistill" and n > 1
+    graph = topology.neighbours(cfg.exchange.topology, n, cfg.exchange.k, cfg.seed) if exchange else {i: [] for i in range(n)}
+    inbound = topology.sources(graph)
+    return [
+        RegionPlan(i, cfg.regions.architecture(i), cfg.train.steps, exchange, split.slices[i], graph[i], inbound[i])
+        for i in range(n)
+    ]
+
+
+def region_data(split: Split, plan: RegionPlan) -> RegionData:
+    ds = split.dataset
+    return RegionData(
+        x_labeled=ds.train.x[plan.labeled],
+        y_labeled=ds.train.y[plan.labeled],
+        x_transfer=ds.train.x[split.transfer],
+        x_test=ds.test.x,
+        y_test=ds.test.y,
+        num_classes=ds.num_classes,
+    )

@@ -1,0 +1,60 @@
+"""Small classifiers a region can run: an MLP and a CNN.
+
+Both take images [B, 1, H, W] and return logits [B, C], so regions with
+different architectures can co-distil: only predictions cross the wire.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    def __init__(self, in_features: int, num_classes: int, hidden: list[int]):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CNN(nn.Module):
+    """Two conv blocks and a small head; adaptive pooling fits 8x8 and 28x28 inputs."""
+
+    def __init__(self, num_classes: int, channels: int = 1):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+        )
+        self.head = nn.Sequential(nn.Linear(32 * 16, 128), nn.ReLU(), nn.Linear(128, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int, hidden: list[int]) -> nn.Module:
+    if arch == "mlp":
+        in_features = 1
+        for d in input_shape:
+            in_features *= d
+        return MLP(in_features, num_classes, hidden)
+    if arch == "cnn":
+        return CNN(num_classes, channels=input_shape[0])
+    raise ValueError(f"unknown architecture '{arch}' (expected mlp or cnn)")
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())

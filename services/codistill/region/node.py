@@ -1,0 +1,110 @@
+"""One region as a running service: trainer + inbox + gRPC server + transport.
+
+A host process (a Ray actor, or a plain thread in the in-process harness)
+creates a node, starts serving, wires it to peers, then runs it.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from codistill.config import RunConfig
+from codistill.region.client import GrpcTransport
+from codistill.region.inbox import PeerInbox
+from codistill.region.messages import RegionState, RegionStatus
+from codistill.region.server import create_server, set_serving
+from codistill.region.servicer import RegionServicer
+from codistill.region.trainer import RegionData, RegionResult, RegionTrainer
+from codistill.region.transport import InProcessTransport
+
+
+class RegionNode:
+    def __init__(self, region_id: int, cfg: RunConfig, data: RegionData, *, run_id: str, **trainer_kwargs):
+        self.id = region_id
+        self.cfg = cfg
+        self.run_id = run_id
+        self.trainer = RegionTrainer(region_id, cfg, data, run_id=run_id, **trainer_kwargs)
+        self.inbox: PeerInbox | None = None
+        self._server: grpc.Server | None = None
+        self._health = None
+        self.address: str | None = None
+
+    # ------------------------------------------------------------ lifecycle
+    def serve(self, host: str = "127.0.0.1") -> str:
+        """Start the gRPC server on a free port of `host`; returns host:port."""
+        servicer = RegionServicer(lambda: self.inbox, self.status)
+        bind = f"[{host}]:0" if ":" in host else f"{host}:0"
+        self._server, port, self._health = create_server(
+            bind, servicer, max_message_bytes=self.cfg.exchange.max_message_bytes
+        )
+        self._server.start()
+        set_serving(self._health, True)
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return self.address
+
+    def prepare(self, sources: list[int]) -> PeerInbox:
+        """Create the inbox for predictions from `sources`; messages are refused before this."""
+        self.inbox = PeerInbox(self.run_id, sources, self.trainer.num_classes, len(self.trainer.x_transfer))
+        return self.inbox
+
+    def connect_grpc(self, targets: dict[int, str]) -> None:
+        ex = self.cfg.exchange
+        transport = GrpcTransport(
+            targets, dtype=ex.dtype, rpc_timeout_s=ex.rpc_timeout_s, max_message_bytes=ex.max_message_bytes
+        )
+        self.trainer.attach(transport, self.inbox)
+
+    def connect_inprocess(self, targets: dict[int, PeerInbox]) -> None:
+        self.trainer.attach(InProcessTransport(targets, self.cfg.exchange.dtype), self.inbox)
+
+    def run(self) -> RegionResult:
+        try:
+            result = self.trainer.run()
+        except Exception:
+            self.trainer.state = RegionState.FAILED
+            raise
+        return result
+
+    def close(self, grace_s: float = 2.0) -> None:
+        self.trainer.stop()
+        self.trainer.transport.close()
+        if self._server is not None:
+            set_serving(self._health, False)
+            self._server.stop(grace_s).wait()
+            self._server = None
+        if self.trainer.state is not RegionState.FAILED:
+            self.trainer.state = RegionState.STOPPED
+
+    # --------------------------------------------------------------- status
+    def status(self) -> RegionStatus:
+        t = self.trainer
+        inbox = self.inbox
+        return RegionStatus(
+            run_id=self.run_id,
+            region=self.id,
+            state=t.state,
+            step=t.step,
+            version=t.version,
+            test_accuracy=t.test_accuracy,
+            bytes_sent=t.bytes_sent,
+            bytes_received=inbox.bytes_received() if inbox else 0,
+            peers=dict(inbox.counters) if inbox else {},
+        )
+
+    def progress(self) -> dict:
+        """A snapshot for live displays, plus metric records since the last call."""
+        s = self.status()
+        t = self.trainer
+        return {
+            "region": self.id,
+            "arch": t.arch,
+            "state": s.state.value,
+            "step": s.step,
+            "steps": t.steps,
+            "test_accuracy": s.test_accuracy,
+            "loss_supervised": t.last_losses[0],
+            "loss_distill": t.last_losses[1],
+            "bytes_sent": s.bytes_sent,
+            "bytes_received": s.bytes_received,
+            "records": t.drain_records(),
+        }

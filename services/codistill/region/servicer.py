@@ -1,0 +1,58 @@
+"""Thin gRPC servicer: decode, hand to the inbox, map refusals to status codes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import grpc
+
+from codistill.region import serde
+from codistill.region.inbox import PeerInbox
+from codistill.region.messages import MessageRejected, RegionStatus, Rejection
+from codistill.v1 import region_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+def status_code(reason: Rejection) -> grpc.StatusCode:
+    if reason is Rejection.TOO_LARGE:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if reason.depends_on_state:
+        return grpc.StatusCode.FAILED_PRECONDITION
+    return grpc.StatusCode.INVALID_ARGUMENT
+
+
+class RegionServicer(region_pb2_grpc.RegionServicer):
+    def __init__(self, inbox: Callable[[], PeerInbox | None], status: Callable[[], RegionStatus]):
+        # The inbox exists only once the region is wired to its peers.
+        self._inbox = inbox
+        self._status = status
+
+    def PushPredictions(self, request, context):
+        inbox = self._inbox()
+        code, detail = None, ""
+        try:
+            if inbox is None:
+                raise MessageRejected(Rejection.NOT_READY, "region is not wired to its peers yet")
+            try:
+                batch = serde.predictions_from_proto(request)
+            except MessageRejected as exc:
+                inbox.reject(exc.reason)
+                raise
+            version = inbox.receive(batch, request.ByteSize())
+        except MessageRejected as exc:
+            code, detail = status_code(exc.reason), str(exc)
+        except Exception:  # never surface as UNKNOWN
+            log.exception("PushPredictions failed")
+            code, detail = grpc.StatusCode.INTERNAL, "internal error while storing predictions"
+        if code is not None:
+            context.abort(code, detail)
+        return serde.push_response_to_proto(version)
+
+    def GetStatus(self, request, context):
+        try:
+            return serde.status_to_proto(self._status())
+        except Exception:
+            log.exception("GetStatus failed")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error while reading status")

@@ -1,0 +1,289 @@
+"""A region's training loop: supervised learning plus co-distillation.
+
+The loop knows nothing of Ray or gRPC. It publishes its softened predictions
+through a `Transport` and reads peers' predictions from a `PeerInbox`. Loss:
+cross-entropy on the region's labeled slice plus λ·T²·KL(consensus ‖ own
+prediction at T) on a batch of transfer examples (Hinton et al., 2015;
+Anil et al., 2018), after a burn-in.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from codistill import consensus as consensus_math
+from codistill.config import RunConfig
+from codistill.data import to_float
+from codistill.losses import codistillation_loss, soften
+from codistill.models import build_model
+from codistill.region.inbox import PeerInbox, Pool, sample
+from codistill.region.messages import PredictionBatch, RegionState
+from codistill.region.transport import NullTransport, Transport
+
+
+@dataclass
+class RegionData:
+    """Arrays a region trains and evaluates on (uint8 images or float32)."""
+
+    x_labeled: np.ndarray
+    y_labeled: np.ndarray
+    x_transfer: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+
+@dataclass
+class RegionResult:
+    id: int
+    arch: str
+    steps: int
+    labeled_samples: int
+    test_accuracy: float
+    per_class_recall: list[float]
+    bytes_sent: int
+    bytes_received: int
+    messages_received: dict[int, int]
+    publish_failures: int
+    train_seconds: float
+    exchange_seconds: float
+    test_probs: np.ndarray = field(repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "test_probs"}
+        d["messages_received"] = {str(k): v for k, v in self.messages_received.items()}
+        return d
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def chunk_ids(transfer_size: int, chunk_size: int | None, version: int, seed: int) -> torch.Tensor:
+    """The transfer examples published at `version`; every region uses the same schedule."""
+    if chunk_size is None or chunk_size >= transfer_size:
+        return torch.arange(transfer_size)
+    order = torch.randperm(transfer_size, generator=torch.Generator().manual_seed(seed))
+    n_chunks = -(-transfer_size // chunk_size)
+    k = version % n_chunks
+    return torch.sort(order[k * chunk_size : (k + 1) * chunk_size]).values
+
+
+class RegionTrainer:
+    def __init__(
+        self,
+        region_id: int,
+        cfg: RunConfig,
+        data: RegionData,
+        *,
+        run_id: str = "local",
+        arch: str | None = None,
+        steps: int | None = None,
+        exchange: bool = True,
+        device: str | torch.device = "cpu",
+    ):
+        self.id = region_id
+        self.cfg = cfg
+        self.run_id = run_id
+        self.arch = arch or cfg.regions.architecture(region_id)
+        self.steps = steps if steps is not None else cfg.train.steps
+        self.exchange = exchange
+        self.device = torch.device(device)
+        seed = cfg.seed * 1000 + region_id
+        torch.manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.x_labeled = torch.from_numpy(to_float(data.x_labeled)).to(self.device)
+        self.y_labeled = torch.tensor(np.asarray(data.y_labeled), dtype=torch.int64, device=self.device)
+        self.x_transfer = torch.from_numpy(to_float(data.x_transfer)).to(self.device)
+        self.x_test = torch.from_numpy(to_float(data.x_test)).to(self.device)
+        self.y_test = torch.tensor(np.asarray(data.y_test), dtype=torch.int64, device=self.device)
+        self.num_classes = data.num_classes
+        self.model = build_model(self.arch, tuple(self.x_labeled.shape[1:]), data.num_classes, cfg.regions.hidden).to(
+            self.device
+        )
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        )
+        self.transport: Transport = NullTransport()
+        self.inbox: PeerInbox | None = None
+        self.state = RegionState.STARTING
+        self.step = 0
+        self.version = -1
+        self.test_accuracy = 0.0
+        self.bytes_sent = 0
+        self.publish_failures = 0
+        self.exchange_seconds = 0.0
+        self.last_losses = (float("nan"), float("nan"))
+        self._records: list[dict[str, Any]] = []
+        self._records_lock = threading.Lock()
+        self._stop = threading.Event()
+        self.on_record: Callable[[dict[str, Any]], None] | None = None
+
+    # ------------------------------------------------------------ wiring
+    def attach(self, transport: Transport, inbox: PeerInbox | None) -> None:
+        self.transport, self.inbox = transport, inbox
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def record(self, kind: str, **fields: Any) -> None:
+        rec = {"kind": kind, "region": self.id, "step": self.step, "time": time.time(), **fields}
+        with self._records_lock:
+            self._records.append(rec)
+        if self.on_record:
+            self.on_record(rec)
+
+    def drain_records(self) -> list[dict[str, Any]]:
+        with self._records_lock:
+            out, self._records = self._records, []
+        return out
+
+    # ---------------------------------------------------------- predict
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, temperature: float = 1.0, batch: int = 2048) -> torch.Tensor:
+        was = self.model.training
+        self.model.eval()
+        out = torch.cat([soften(self.model(x[i : i + batch]), temperature) for i in range(0, len(x), batch)])
+        self.model.train(was)
+        return out
+
+    def evaluate(self) -> tuple[float, torch.Tensor]:
+        probs = self.predict(self.x_test)
+        acc = (probs.argmax(1) == self.y_test).float().mean().item()
+        return acc, probs
+
+    # ---------------------------------------------------------- exchange
+    def _publish_and_collect(self, version: int) -> Pool | None:
+        ex = self.cfg.exchange
+        start = time.perf_counter()
+        ids = chunk_ids(len(self.x_transfer), ex.chunk_size, version, self.cfg.seed)
+        probs = self.predict(self.x_transfer[ids.to(self.device)], self.cfg.distill.temperature).cpu()
+        batch = PredictionBatch(self.run_id, self.id, version, self.step, ids, self.cfg.distill.temperature, probs)
+        report = self.transport.publish(batch)
+        self.version = version
+        self.bytes_sent += report.bytes_sent
+        self.publish_failures += len(report.failed)
+        pool = None
+        arrived = 0
+        if ex.mode == "sync" and self.inbox is not None and self.inbox.sources:
+            needed = max(1, int(np.ceil(ex.quorum * len(self.inbox.sources))))
+            arrived = self.inbox.wait_round(version, needed, ex.round_timeout_s)
+            pool = self.inbox.round_pool(version)
+        elapsed = time.perf_counter() - start
+        self.exchange_seconds += elapsed
+        self.record(
+            "publish",
+            version=version,
+            bytes=report.bytes_sent,
+            delivered=len(report.delivered),
+            failed=sorted(report.failed),
+            publish_seconds=report.seconds,
+            round_seconds=elapsed,
+            peers_arrived=arrived,
+        )
+        return pool
+
+    def _distill_batch(self, pool: Pool | None) -> Pool | None:
+        if pool is None or pool.empty:
+            return None
+        return sample(pool, self.cfg.distill.batch_size, self.gen)
+
+    # -------------------------------------------------------------- loop
+    def run(self) -> RegionResult:
+        cfg, ex = self.cfg, self.cfg.exchange
+        T, lam = cfg.distill.temperature, cfg.distill.weight
+        rule = consensus_math.Rule(cfg.consensus.rule)
+        exchanging = self.exchange and not isinstance(self.transport, NullTransport)
+        n = len(self.y_labeled)
+        start = time.perf_counter()
+        self.state = RegionState.TRAINING
+        pool: Pool | None = None
+        self.model.train()
+        stats = {"kl": [], "agree": []}
+        for step in range(self.steps):
+            if self._stop.is_set():
+                break
+            self.step = step
+            if self.inbox is not None:
+                self.inbox.clock = step
+            if exchanging and step % ex.publish_interval == 0:
+                round_pool = self._publish_and_collect(step // ex.publish_interval)
+                if ex.mode == "sync":
+                    pool = round_pool
+            if exchanging and ex.mode == "async" and self.inbox is not None:
+                pool = self.inbox.fresh_pool(step, ex.max_staleness)
+            idx = torch.randint(0, n, (min(cfg.train.batch_size, n),), generator=self.gen).to(self.device)
+            logits = self.model(self.x_labeled[idx])
+            transfer_logits = target = valid = None
+            chosen = self._distill_batch(pool) if step >= cfg.distill.burn_in and lam > 0 else None
+            if chosen is not None:
+                transfer_logits = self.model(self.x_transfer[chosen.ids.to(self.device)])
+                own = soften(transfer_logits.detach(), T).cpu()
+                c = consensus_math.consensus(
+                    rule,
+                    own,
+                    chosen.peers,
+                    chosen.mask,
+                    beta=cfg.consensus.beta,
+                    trim=cfg.consensus.trim,
+                    max_weight=cfg.consensus.max_weight,
+                )
+                target, valid = c.target.to(self.device), c.valid.to(self.device)
+                if c.valid.any():
+                    t, o = c.target[c.valid], own[c.valid]
+                    stats["kl"].append(float((torch.xlogy(t, t) - t * torch.log(o.clamp_min(1e-12))).sum(1).mean()))
+                    stats["agree"].append(float((t.argmax(1) == o.argmax(1)).float().mean()))
+            loss, sup, dist = codistillation_loss(
+                logits, self.y_labeled[idx], transfer_logits, target, temperature=T, weight=lam, valid=valid
+            )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.last_losses = (sup.item(), dist.item())
+            if (step + 1) % cfg.train.eval_every == 0 or step + 1 == self.steps:
+                self.test_accuracy, _ = self.evaluate()
+                self.record(
+                    "eval",
+                    step=step + 1,
+                    test_accuracy=self.test_accuracy,
+                    loss_supervised=self.last_losses[0],
+                    loss_distill=self.last_losses[1],
+                    kl_to_consensus=float(np.mean(stats["kl"])) if stats["kl"] else None,
+                    agreement=float(np.mean(stats["agree"])) if stats["agree"] else None,
+                    bytes_sent=self.bytes_sent,
+                    bytes_received=self.inbox.bytes_received() if self.inbox else 0,
+                )
+                stats = {"kl": [], "agree": []}
+        self.step = self.steps if not self._stop.is_set() else self.step
+        self.state = RegionState.DRAINING
+        acc, probs = self.evaluate()
+        self.test_accuracy = acc
+        pred = probs.argmax(1)
+        recall = [
+            float((pred[self.y_test == c] == c).float().mean()) if (self.y_test == c).any() else float("nan")
+            for c in range(self.num_classes)
+        ]
+        counters = self.inbox.counters if self.inbox else {}
+        return RegionResult(
+            id=self.id,
+            arch=self.arch,
+            steps=self.step,
+            labeled_samples=n,
+            test_accuracy=acc,
+            per_class_recall=recall,
+            bytes_sent=self.bytes_sent,
+            bytes_received=self.inbox.bytes_received() if self.inbox else 0,
+            messages_received={p: c.messages for p, c in counters.items()},
+            publish_failures=self.publish_failures,
+            train_seconds=time.perf_counter() - start,
+            exchange_seconds=self.exchange_seconds,
+            test_probs=probs.cpu().numpy(),
+        )

@@ -1,0 +1,63 @@
+"""The seam between a region's training logic and the network.
+
+A trainer only ever calls `Transport.publish`. `GrpcTransport`
+(codistill.region.client) is the real one; `InProcessTransport` delivers to
+peers' inboxes in the same process, with the same serialisation round trip, so
+the math is identical and tests and benchmarks have a reference without
+sockets.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+from codistill.region import serde
+from codistill.region.inbox import PeerInbox
+from codistill.region.messages import MessageRejected, PredictionBatch, PublishReport
+
+
+class Transport(Protocol):
+    def publish(self, batch: PredictionBatch) -> PublishReport:
+        """Send one batch to every peer this region sends to."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+class NullTransport:
+    """For strategies that never exchange."""
+
+    def publish(self, batch: PredictionBatch) -> PublishReport:
+        return PublishReport()
+
+    def close(self) -> None:
+        pass
+
+
+class InProcessTransport:
+    """Delivers straight into peers' inboxes; bytes are what gRPC would have carried."""
+
+    def __init__(self, targets: dict[int, PeerInbox], dtype: str = "float16"):
+        self.targets = dict(targets)
+        self.dtype = dtype
+
+    def publish(self, batch: PredictionBatch) -> PublishReport:
+        start = time.perf_counter()
+        message = serde.predictions_to_proto(batch, self.dtype)
+        size = message.ByteSize()
+        decoded = serde.predictions_from_proto(message)
+        report = PublishReport()
+        for peer, inbox in self.targets.items():
+            try:
+                inbox.receive(decoded, size)
+            except MessageRejected as exc:
+                report.failed[peer] = exc.reason.value
+                continue
+            report.delivered.append(peer)
+            report.bytes_sent += size
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def close(self) -> None:
+        self.targets.clear()

@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--address", help="join an existing Ray cluster (default: $RAY_ADDRESS, else start Ray locally)")
     r.add_argument("--force", action="store_true", help="write into an existing, non-empty output folder")
     r.add_argument("--quiet", action="store_true", help="no live table")
+    r.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=None,
+                   help="serve Prometheus metrics from every region (default: monitor.metrics)")
     return p
 
 
@@ -52,7 +54,10 @@ def _fail(console: Console, message: str, code: int) -> int:
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     try:
-        cfg = config_mod.load(args.config, args.overrides)
+        overrides = list(args.overrides)
+        if args.metrics is not None:
+            overrides.append(f"monitor.metrics={str(args.metrics).lower()}")
+        cfg = config_mod.load(args.config, overrides)
         compare = [s.strip() for s in args.compare.split(",") if s.strip()]
         unknown = [s for s in compare if s not in STRATEGIES]
         if unknown:
@@ -81,6 +86,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         doc = driver.run(
             cfg, out, compare=compare, address=args.address,
             on_progress=live.update if live else None, split=split,
+            announce=lambda line: console.print(line, highlight=False, soft_wrap=True),
         )
     except RegionError as exc:
         failure = str(exc)

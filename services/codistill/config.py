@@ -86,6 +86,8 @@ class TrainConfig(_Strict):
     # Adam at 1e-3 is robust across both models without tuning.
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    # constant: a decaying rate stops regions from absorbing late consensus (measured worse).
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     # Evaluate on the test split this often (steps).
     eval_every: int = Field(50, ge=1)
 
@@ -140,6 +142,19 @@ class ExchangeConfig(_Strict):
     host: str = "auto"
 
 
+class MonitorConfig(_Strict):
+    # Metrics cost little and show convergence live; --no-metrics turns them off.
+    metrics: bool = True
+    # A run is "converged" once mean pairwise disagreement stays under this...
+    disagreement_threshold: float = Field(0.05, ge=0, le=1)
+    # ...for this many consecutive evaluations.
+    patience: int = Field(3, ge=1)
+    # End the run early once converged.
+    stop_when_converged: bool = False
+    # Keep /metrics up this long after training so the final values get scraped.
+    linger_s: float = Field(0.0, ge=0)
+
+
 class RayConfig(_Strict):
     # None starts a local Ray in-process; set (or RAY_ADDRESS / --address) to join a cluster.
     address: str | None = None
@@ -157,6 +172,7 @@ class RunConfig(_Strict):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     consensus: ConsensusConfig = Field(default_factory=ConsensusConfig)
     exchange: ExchangeConfig = Field(default_factory=ExchangeConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @field_validator("name")

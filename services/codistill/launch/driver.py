@@ -20,6 +20,7 @@ from codistill import config as config_mod
 from codistill.config import RunConfig
 from codistill.data import Split, load_dataset, make_split
 from codistill.launch.inprocess import run_inprocess
+from codistill.launch.monitor import RunMonitor, write_prometheus_config, write_service_discovery
 from codistill.launch.plan import plan_regions
 from codistill.region.trainer import RegionResult
 
@@ -74,17 +75,32 @@ def run_strategy(
     run_id: str,
     *,
     address: str | None = None,
-    on_progress: Callable[[list[dict]], None] | None = None,
+    on_progress: Callable[[list[dict], list[dict]], None] | None = None,
+    out_dir: Path | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> StrategyResult:
     plans = plan_regions(cfg, split, strategy)
+
+    def make_monitor(host: str | None, region_targets: dict[int, str]) -> RunMonitor:
+        monitor = RunMonitor(cfg.monitor, run_id, split.dataset.test.y, len(plans), host)
+        if out_dir is not None and region_targets:
+            folder = out_dir / "prometheus"
+            sd = write_service_discovery(folder, region_targets, monitor.address)
+            prom = write_prometheus_config(folder, sd)
+            if announce:
+                listing = ", ".join(f"{rid}={addr}" for rid, addr in sorted(region_targets.items()))
+                announce(f"metrics: regions {listing}; run-level {monitor.address}")
+                announce(f"file_sd targets: {sd}  (prometheus --config.file={prom})")
+        return monitor
+
     start = time.perf_counter()
     if cfg.exchange.transport == "inprocess":
-        results = run_inprocess(cfg, split, plans, run_id, on_progress)
+        results = run_inprocess(cfg, split, plans, run_id, make_monitor, on_progress)
     else:
         from codistill.launch.ray_runner import ensure_ray, run_on_ray
 
         local = ensure_ray(cfg, address)
-        results = run_on_ray(cfg, split, plans, run_id, local=local, on_progress=on_progress)
+        results = run_on_ray(cfg, split, plans, run_id, local=local, make_monitor=make_monitor, on_progress=on_progress)
     wall = time.perf_counter() - start
     return StrategyResult(
         strategy, results, ensemble_accuracy(results, split.dataset.test.y), wall, cfg.exchange.transport
@@ -128,6 +144,7 @@ def run(
     address: str | None = None,
     on_progress: Callable[[str, list[dict]], None] | None = None,
     split: Split | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> dict:
     """Run cfg.strategy (and each of `compare`) on one split; write results into out_dir."""
     split = split or prepare(cfg)
@@ -139,13 +156,14 @@ def run(
     with open(out_dir / "metrics.jsonl", "w") as metrics:
         for strategy in strategies:
 
-            def progress(snapshots: list[dict], strategy: str = strategy) -> None:
-                for snap in snapshots:
-                    for rec in snap["records"]:
-                        metrics.write(json.dumps({"strategy": strategy, **rec}) + "\n")
+            def progress(snapshots: list[dict], run_records: list[dict], strategy: str = strategy) -> None:
+                for rec in [r for snap in snapshots for r in snap["records"]] + run_records:
+                    metrics.write(json.dumps({"strategy": strategy, **rec}) + "\n")
                 metrics.flush()
                 if on_progress:
                     on_progress(strategy, snapshots)
 
-            results[strategy] = run_strategy(cfg, split, strategy, run_id, address=address, on_progress=progress)
+            results[strategy] = run_strategy(
+                cfg, split, strategy, run_id, address=address, on_progress=progress, out_dir=out_dir, announce=announce
+            )
     return write_results(out_dir, cfg, run_id, split, results)

@@ -13,6 +13,7 @@ import torch
 
 from codistill.config import RunConfig
 from codistill.data import Split
+from codistill.launch.monitor import RunMonitor
 from codistill.launch.plan import RegionPlan, region_data
 from codistill.region.messages import RegionError
 from codistill.region.node import RegionNode
@@ -24,7 +25,8 @@ def run_inprocess(
     split: Split,
     plans: list[RegionPlan],
     run_id: str,
-    on_progress: Callable[[list[dict]], None] | None = None,
+    make_monitor: Callable[[str | None, dict[int, str]], RunMonitor],
+    on_progress: Callable[[list[dict], list[dict]], None] | None = None,
     poll_s: float = 0.5,
 ) -> list[RegionResult]:
     torch.set_num_threads(cfg.regions.torch_threads)
@@ -48,6 +50,20 @@ def run_inprocess(
             for other in nodes:  # peers must not wait for a dead region's rounds
                 other.trainer.stop()
 
+    # No sockets in-process: run-level convergence is tracked but not served.
+    monitor = make_monitor(None, {})
+    stopping = False
+
+    def observe() -> None:
+        nonlocal stopping
+        snapshots = [n.progress(monitor.seen[i]) for i, n in enumerate(nodes)]
+        if monitor.observe(snapshots) and not stopping:
+            stopping = True
+            for n in nodes:
+                n.trainer.stop()
+        if on_progress:
+            on_progress(snapshots, monitor.drain())
+
     threads = [threading.Thread(target=work, args=(n,), name=f"region-{n.id}", daemon=True) for n in nodes]
     for t in threads:
         t.start()
@@ -55,13 +71,12 @@ def run_inprocess(
         while any(t.is_alive() for t in threads):
             for t in threads:
                 t.join(poll_s / max(1, len(threads)))
-            if on_progress:
-                on_progress([n.progress() for n in nodes])
+            observe()
+        observe()
     finally:
         for n in nodes:
             n.close()
-    if on_progress:
-        on_progress([n.progress() for n in nodes])
+        monitor.close()
     if errors:
         region, exc = sorted(errors.items())[0]
         raise RegionError(region, f"{type(exc).__name__}: {exc}") from exc

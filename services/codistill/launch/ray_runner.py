@@ -17,6 +17,7 @@ import torch
 
 from codistill.config import RunConfig
 from codistill.data import Split
+from codistill.launch.monitor import RunMonitor
 from codistill.launch.plan import RegionPlan, region_data
 from codistill.region.messages import RegionError
 from codistill.region.node import RegionNode
@@ -55,8 +56,14 @@ class RegionActor:
         except Exception as exc:
             raise RegionError(self.node.id, f"{type(exc).__name__}: {exc}") from None
 
-    def progress(self) -> dict:
-        return self.node.progress()
+    def metrics_address(self) -> str | None:
+        return self.node.metrics_address
+
+    def progress(self, seen_evals: int = -1) -> dict:
+        return self.node.progress(seen_evals)
+
+    def stop(self) -> None:
+        self.node.trainer.stop()
 
     def pid(self) -> int:
         return os.getpid()
@@ -89,10 +96,12 @@ def run_on_ray(
     run_id: str,
     *,
     local: bool,
-    on_progress: Callable[[list[dict]], None] | None = None,
+    make_monitor: Callable[[str, dict[int, str]], RunMonitor],
+    on_progress: Callable[[list[dict], list[dict]], None] | None = None,
     poll_s: float = 0.5,
 ) -> list[RegionResult]:
     host = cfg.exchange.host if cfg.exchange.host != "auto" else (LOOPBACK if local else None)
+    monitor: RunMonitor | None = None
     remote = ray.remote(RegionActor).options(
         num_cpus=cfg.regions.num_cpus,
         num_gpus=cfg.regions.num_gpus,
@@ -110,8 +119,11 @@ def run_on_ray(
         addresses = ray.get([a.serve.remote(host) for a in actors])
         ray.get([a.prepare.remote(p.receives_from) for a, p in zip(actors, plans)])
         ray.get([a.connect.remote({j: addresses[j] for j in p.sends_to}) for a, p in zip(actors, plans) if p.exchange])
+        metric_addresses = ray.get([a.metrics_address.remote() for a in actors])
+        monitor = make_monitor(host or ray.util.get_node_ip_address(), {p.id: m for p, m in zip(plans, metric_addresses) if m})
         pending = {a.run.remote(): i for i, a in enumerate(actors)}
         results: dict[int, RegionResult] = {}
+        stopping = False
         while pending:
             done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=poll_s)
             for ref in done:
@@ -121,10 +133,18 @@ def run_on_ray(
                 except ray.exceptions.RayTaskError as exc:
                     cause = exc.as_instanceof_cause()
                     raise cause if isinstance(cause, RegionError) else RegionError(plans[i].id, str(exc)) from None
+            snapshots = ray.get([a.progress.remote(monitor.seen[i]) for i, a in enumerate(actors)])
+            if monitor.observe(snapshots) and not stopping:
+                stopping = True
+                ray.get([a.stop.remote() for a in actors])
             if on_progress:
-                on_progress(ray.get([a.progress.remote() for a in actors]))
+                on_progress(snapshots, monitor.drain())
+        if cfg.monitor.linger_s:
+            time.sleep(cfg.monitor.linger_s)
         return [results[i] for i in range(len(plans))]
     finally:
+        if monitor is not None:
+            monitor.close()
         for a in actors:
             try:
                 ray.get(a.close.remote(), timeout=10)

@@ -56,6 +56,7 @@ class PeerInbox:
         self.rejections: Counter[str] = Counter()
         self.clock = 0  # the receiver's current step, set by its trainer
         self.last_message_time: dict[int, float] = {}
+        self._interrupted = False
 
     # ------------------------------------------------------------- receive
     def receive(self, batch: PredictionBatch, nbytes: int) -> int:
@@ -95,6 +96,12 @@ class PeerInbox:
         with self._cond:
             return sum(c.bytes for c in self.counters.values())
 
+    def interrupt(self) -> None:
+        """Wake any wait_round now and make later ones return at once (the region is stopping)."""
+        with self._cond:
+            self._interrupted = True
+            self._cond.notify_all()
+
     def wait_round(self, version: int, needed: int, timeout_s: float) -> int:
         """Block until `needed` senders delivered `version` (or a newer one), or timeout. Returns how many did."""
         deadline = time.monotonic() + timeout_s
@@ -103,7 +110,7 @@ class PeerInbox:
             return sum(1 for c in self.counters.values() if c.last_version >= version)
 
         with self._cond:
-            while arrived() < needed:
+            while arrived() < needed and not self._interrupted:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

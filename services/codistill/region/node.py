@@ -9,6 +9,7 @@ from __future__ import annotations
 import grpc
 
 from codistill.config import RunConfig
+from codistill.metrics import RegionMetrics
 from codistill.region.client import GrpcTransport
 from codistill.region.inbox import PeerInbox
 from codistill.region.messages import RegionState, RegionStatus
@@ -28,6 +29,8 @@ class RegionNode:
         self._server: grpc.Server | None = None
         self._health = None
         self.address: str | None = None
+        self.metrics: RegionMetrics | None = None
+        self.metrics_address: str | None = None
 
     # ------------------------------------------------------------ lifecycle
     def serve(self, host: str = "127.0.0.1") -> str:
@@ -40,6 +43,11 @@ class RegionNode:
         self._server.start()
         set_serving(self._health, True)
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if self.cfg.monitor.metrics:
+            self.metrics = RegionMetrics(self.run_id, self.id)
+            mport = self.metrics.serve(host)
+            self.metrics_address = f"[{host}]:{mport}" if ":" in host else f"{host}:{mport}"
+            self.trainer.metrics = self.metrics
         return self.address
 
     def prepare(self, sources: list[int]) -> PeerInbox:
@@ -72,6 +80,8 @@ class RegionNode:
             set_serving(self._health, False)
             self._server.stop(grace_s).wait()
             self._server = None
+        if self.metrics is not None:
+            self.metrics.close()
         if self.trainer.state is not RegionState.FAILED:
             self.trainer.state = RegionState.STOPPED
 
@@ -91,11 +101,18 @@ class RegionNode:
             peers=dict(inbox.counters) if inbox else {},
         )
 
-    def progress(self) -> dict:
-        """A snapshot for live displays, plus metric records since the last call."""
+    def progress(self, seen_evals: int = -1) -> dict:
+        """A snapshot for live displays, plus metric records since the last call.
+
+        Carries the latest test predictions when there were evaluations after `seen_evals`.
+        """
         s = self.status()
         t = self.trainer
+        newer = t.eval_count > seen_evals and t.last_test_probs is not None
         return {
+            "eval_count": t.eval_count,
+            "test_probs": t.last_test_probs if newer else None,
+            "metrics_address": self.metrics_address,
             "region": self.id,
             "arch": t.arch,
             "state": s.state.value,

@@ -21,6 +21,7 @@ from codistill import consensus as consensus_math
 from codistill.config import RunConfig
 from codistill.data import to_float
 from codistill.losses import codistillation_loss, soften
+from codistill.metrics import MetricsSink, NullMetrics
 from codistill.models import build_model
 from codistill.region.inbox import PeerInbox, Pool, sample
 from codistill.region.messages import PredictionBatch, RegionState
@@ -112,6 +113,11 @@ class RegionTrainer:
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
+        self.scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.steps)
+            if cfg.train.lr_schedule == "cosine"
+            else None
+        )
         self.transport: Transport = NullTransport()
         self.inbox: PeerInbox | None = None
         self.state = RegionState.STARTING
@@ -125,6 +131,9 @@ class RegionTrainer:
         self._records: list[dict[str, Any]] = []
         self._records_lock = threading.Lock()
         self._stop = threading.Event()
+        self.metrics: MetricsSink = NullMetrics()
+        self.eval_count = 0
+        self.last_test_probs: np.ndarray | None = None
         self.on_record: Callable[[dict[str, Any]], None] | None = None
 
     # ------------------------------------------------------------ wiring
@@ -133,6 +142,8 @@ class RegionTrainer:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.inbox is not None:
+            self.inbox.interrupt()
 
     def record(self, kind: str, **fields: Any) -> None:
         rec = {"kind": kind, "region": self.id, "step": self.step, "time": time.time(), **fields}
@@ -158,7 +169,20 @@ class RegionTrainer:
     def evaluate(self) -> tuple[float, torch.Tensor]:
         probs = self.predict(self.x_test)
         acc = (probs.argmax(1) == self.y_test).float().mean().item()
+        self.eval_count += 1
+        self.last_test_probs = probs.cpu().numpy().astype(np.float16)
+        self.metrics.evaluated(acc)
         return acc, probs
+
+    def _report_exchange(self) -> None:
+        if self.inbox is None:
+            return
+        counters = dict(self.inbox.counters)
+        self.metrics.exchange_state(
+            {p: (c.messages, c.bytes) for p, c in counters.items()},
+            self.inbox.staleness(self.step),
+            dict(self.inbox.rejections),
+        )
 
     # ---------------------------------------------------------- exchange
     def _publish_and_collect(self, version: int) -> Pool | None:
@@ -168,6 +192,7 @@ class RegionTrainer:
         probs = self.predict(self.x_transfer[ids.to(self.device)], self.cfg.distill.temperature).cpu()
         batch = PredictionBatch(self.run_id, self.id, version, self.step, ids, self.cfg.distill.temperature, probs)
         report = self.transport.publish(batch)
+        self.metrics.published(report.seconds, report.bytes_sent, report.delivered, report.failed)
         self.version = version
         self.bytes_sent += report.bytes_sent
         self.publish_failures += len(report.failed)
@@ -178,6 +203,7 @@ class RegionTrainer:
             arrived = self.inbox.wait_round(version, needed, ex.round_timeout_s)
             pool = self.inbox.round_pool(version)
         elapsed = time.perf_counter() - start
+        self._report_exchange()
         self.exchange_seconds += elapsed
         self.record(
             "publish",
@@ -239,15 +265,24 @@ class RegionTrainer:
                 target, valid = c.target.to(self.device), c.valid.to(self.device)
                 if c.valid.any():
                     t, o = c.target[c.valid], own[c.valid]
-                    stats["kl"].append(float((torch.xlogy(t, t) - t * torch.log(o.clamp_min(1e-12))).sum(1).mean()))
-                    stats["agree"].append(float((t.argmax(1) == o.argmax(1)).float().mean()))
+                    kl = float((torch.xlogy(t, t) - t * torch.log(o.clamp_min(1e-12))).sum(1).mean())
+                    agree = float((t.argmax(1) == o.argmax(1)).float().mean())
+                    stats["kl"].append(kl)
+                    stats["agree"].append(agree)
+                    w = c.weights[:, c.valid]  # [P, n]
+                    w_entropy = float(consensus_math.entropy(w.T).mean())
+                    sources = self.inbox.sources if self.inbox else []
+                    self.metrics.consensus(kl, agree, dict(zip(sources, w.mean(1).tolist())), w_entropy)
             loss, sup, dist = codistillation_loss(
                 logits, self.y_labeled[idx], transfer_logits, target, temperature=T, weight=lam, valid=valid
             )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
             self.last_losses = (sup.item(), dist.item())
+            self.metrics.step(*self.last_losses)
             if (step + 1) % cfg.train.eval_every == 0 or step + 1 == self.steps:
                 self.test_accuracy, _ = self.evaluate()
                 self.record(
@@ -262,6 +297,7 @@ class RegionTrainer:
                     bytes_received=self.inbox.bytes_received() if self.inbox else 0,
                 )
                 stats = {"kl": [], "agree": []}
+                self._report_exchange()
         self.step = self.steps if not self._stop.is_set() else self.step
         self.state = RegionState.DRAINING
         acc, probs = self.evaluate()

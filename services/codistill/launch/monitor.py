@@ -1,0 +1,132 @@
+"""Run-level convergence, computed by the driver from the regions' evaluations.
+
+Disagreement is the mean over region pairs of the share of test examples on
+which their predicted classes differ; the run counts as converged once it
+stays under a threshold for `patience` consecutive evaluations.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from codistill.config import MonitorConfig
+from codistill.metrics import RunMetrics
+
+
+def pairwise_disagreement(predictions: list[np.ndarray]) -> float:
+    """Mean over pairs of regions of the share of examples where argmaxes differ; [N] arrays."""
+    pairs = list(itertools.combinations(predictions, 2))
+    if not pairs:
+        return 0.0
+    return float(np.mean([(a != b).mean() for a, b in pairs]))
+
+
+class ConvergenceTracker:
+    def __init__(self, threshold: float, patience: int):
+        self.threshold, self.patience = threshold, patience
+        self.streak = 0
+        self.converged = False
+
+    def update(self, disagreement: float) -> bool:
+        self.streak = self.streak + 1 if disagreement < self.threshold else 0
+        self.converged = self.converged or self.streak >= self.patience
+        return self.converged
+
+
+class RunMonitor:
+    def __init__(self, cfg: MonitorConfig, run_id: str, y_test: np.ndarray, n_regions: int, serve_host: str | None):
+        self.cfg = cfg
+        self.y_test = y_test
+        self.n = n_regions
+        self.tracker = ConvergenceTracker(cfg.disagreement_threshold, cfg.patience)
+        self.seen = [-1] * n_regions
+        self.probs: list[np.ndarray | None] = [None] * n_regions
+        self.accuracy = [0.0] * n_regions
+        self.evaluations = 0
+        self.records: list[dict[str, Any]] = []
+        self.metrics = RunMetrics(run_id) if cfg.metrics and serve_host else None
+        self.address = None
+        if self.metrics is not None:
+            port = self.metrics.serve(serve_host)
+            self.address = f"{serve_host}:{port}"
+
+    def observe(self, snapshots: list[dict]) -> bool:
+        """Fold in new evaluations; returns True when the run should stop early."""
+        for i, snap in enumerate(snapshots):
+            if snap.get("test_probs") is not None:
+                self.probs[i] = np.asarray(snap["test_probs"], dtype=np.float32)
+                self.seen[i] = snap["eval_count"]
+                self.accuracy[i] = snap["test_accuracy"]
+        ready = min(self.seen)
+        if ready <= self.evaluations or any(p is None for p in self.probs):
+            return False
+        self.evaluations = ready
+        preds = [p.argmax(1) for p in self.probs]
+        disagreement = pairwise_disagreement(preds)
+        ensemble = float((np.mean(self.probs, axis=0).argmax(1) == self.y_test).mean())
+        mean_acc = float(np.mean(self.accuracy))
+        converged = self.tracker.update(disagreement) if self.n > 1 else False
+        if self.metrics is not None:
+            self.metrics.update(disagreement, ensemble, mean_acc, converged)
+        self.records.append(
+            {
+                "kind": "run",
+                "evaluation": ready,
+                "step": int(np.mean([s["step"] for s in snapshots])),
+                "time": time.time(),
+                "disagreement": disagreement,
+                "ensemble_test_accuracy": ensemble,
+                "mean_test_accuracy": mean_acc,
+                "converged": converged,
+            }
+        )
+        return converged and self.cfg.stop_when_converged
+
+    def drain(self) -> list[dict[str, Any]]:
+        out, self.records = self.records, []
+        return out
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+def write_service_discovery(folder: Path, region_targets: dict[int, str], driver_target: str | None) -> Path:
+    """Write a Prometheus file_sd targets file (atomically) and return its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    groups = [
+        {"targets": [addr], "labels": {"role": "region"}}
+        for rid, addr in sorted(region_targets.items())
+    ]
+    if driver_target:
+        groups.append({"targets": [driver_target], "labels": {"role": "driver"}})
+    path = folder / "targets.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(groups, indent=2))
+    tmp.replace(path)
+    return path
+
+
+PROMETHEUS_TEMPLATE = """# Scrapes one codistill run through its file_sd targets file.
+# Run: prometheus --config.file={config}
+global:
+  scrape_interval: {interval}
+  evaluation_interval: {interval}
+scrape_configs:
+  - job_name: codistill
+    file_sd_configs:
+      - files: ['{targets}']
+        refresh_interval: 5s
+"""
+
+
+def write_prometheus_config(folder: Path, targets: Path, interval: str = "5s") -> Path:
+    path = folder / "prometheus.yml"
+    path.write_text(PROMETHEUS_TEMPLATE.format(config=path.resolve(), interval=interval, targets=targets.resolve()))
+    return path

@@ -1,0 +1,55 @@
+"""Whole runs over the in-process transport: no Ray, no sockets."""
+
+import json
+
+import numpy as np
+
+from codistill.launch import driver
+
+
+def test_codistill_beats_independent_and_is_reproducible(tiny_cfg, tmp_path):
+    doc = driver.run(tiny_cfg, tmp_path / "a", compare=["independent"])
+    cmp = doc["compare"]
+    assert cmp["codistill"]["mean_test_accuracy"] > cmp["independent"]["mean_test_accuracy"]
+    assert cmp["independent"]["bytes_sent"] == 0 and cmp["codistill"]["bytes_sent"] > 0
+    again = driver.run(tiny_cfg, tmp_path / "b")
+    assert [r["test_accuracy"] for r in again["regions"]] == [r["test_accuracy"] for r in doc["regions"]]
+
+
+def test_results_files_have_the_documented_keys(tiny_cfg, tmp_path):
+    driver.run(tiny_cfg, tmp_path, compare=["centralized"])
+    doc = json.loads((tmp_path / "results.json").read_text())
+    for key in ("strategy", "mean_test_accuracy", "ensemble_test_accuracy", "regions", "wall_seconds", "config", "compare"):
+        assert key in doc
+    for r in doc["regions"]:
+        assert {"id", "test_accuracy", "bytes_sent", "bytes_received", "steps"} <= set(r)
+        assert r["steps"] == tiny_cfg.train.steps
+    assert len(doc["compare"]["centralized"]["regions"]) == 1
+    assert doc["compare"]["centralized"]["regions"][0]["steps"] == tiny_cfg.train.steps * tiny_cfg.regions.count
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval" and r["strategy"] == "codistill"]
+    assert {r["region"] for r in evals} == {0, 1, 2}
+    assert any(r["agreement"] is not None for r in evals)
+    assert (tmp_path / "config.yaml").exists()
+
+
+def test_heterogeneous_regions_and_every_rule(tiny_cfg, tmp_path):
+    for rule in ("mean", "confidence", "median", "trimmed_mean"):
+        cfg = tiny_cfg.model_copy(deep=True)
+        cfg.regions.models = ["mlp", "cnn", "mlp"]
+        cfg.consensus.rule = rule
+        cfg.train.steps = 30
+        doc = driver.run(cfg, tmp_path / rule)
+        assert [r["arch"] for r in doc["regions"]] == ["mlp", "cnn", "mlp"]
+        assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in doc["regions"])
+
+
+def test_async_mode_and_ring(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.model_copy(deep=True)
+    cfg.exchange.mode = "async"
+    cfg.exchange.topology = "ring"
+    cfg.exchange.max_staleness = 15
+    doc = driver.run(cfg, tmp_path)
+    for r in doc["regions"]:
+        assert set(r["messages_received"]) == {str((r["id"] - 1) % 3), str((r["id"] + 1) % 3)}
+    assert np.mean([r["test_accuracy"] for r in doc["regions"]]) > 0.3

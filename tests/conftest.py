@@ -9,8 +9,7 @@ import pytest  # noqa: E402
 from codistill import config  # noqa: E402
 
 
-@pytest.fixture
-def tiny_cfg():
+def make_tiny_cfg():
     """A seconds-long synthetic run: 3 regions, sync exchange, in-process transport."""
     return config.from_dict(
         {
@@ -30,3 +29,8 @@ def tiny_cfg():
             "exchange": {"transport": "inprocess", "publish_interval": 10, "round_timeout_s": 20},
         }
     )
+
+
+@pytest.fixture
+def tiny_cfg():
+    return make_tiny_cfg()

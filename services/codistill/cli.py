@@ -1,6 +1,7 @@
 """`codistill` command line.
 
   codistill run CONFIG [--set key=value ...] [--out DIR] [--compare S1,S2] [--address ADDR] [--force]
+  codistill report RUN_DIR
 
 Exit codes: 0 success, 1 a run failed, 2 bad input (nothing was started).
 """
@@ -44,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no live table")
     r.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=None,
                    help="serve Prometheus metrics from every region (default: monitor.metrics)")
+    rep = sub.add_parser("report", help="plot convergence curves of a finished run into RUN_DIR/plots/")
+    rep.add_argument("run_dir", type=Path)
     return p
 
 
@@ -106,6 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=False)
     if args.command == "run":
         return cmd_run(args, console)
+    if args.command == "report":
+        from codistill.report import ReportError, report
+
+        try:
+            paths = report(args.run_dir)
+        except ReportError as exc:
+            return _fail(console, str(exc), EXIT_USAGE)
+        for path in paths:
+            console.print(str(path), highlight=False)
+        return 0
     return EXIT_USAGE
 
 

@@ -23,7 +23,7 @@ class MetricsSink(Protocol):
     def evaluated(self, accuracy: float) -> None: ...
     def consensus(self, kl: float, agreement: float, weights: dict[int, float], entropy: float) -> None: ...
     def published(self, seconds: float, nbytes: int, delivered: list[int], failed: dict[int, str]) -> None: ...
-    def exchange_state(self, received: dict[int, tuple[int, int]], ages: dict[int, int], rejections: dict[str, int]) -> None: ...
+    def exchange_state(self, received: dict[int, tuple[int, int]], ages: dict[int, int], rejections: dict[str, int], age_seconds: dict[int, float] | None = None) -> None: ...
 
 
 class NullMetrics:
@@ -39,7 +39,7 @@ class NullMetrics:
     def published(self, seconds, nbytes, delivered, failed):
         pass
 
-    def exchange_state(self, received, ages, rejections):
+    def exchange_state(self, received, ages, rejections, age_seconds=None):
         pass
 
 
@@ -66,6 +66,7 @@ class RegionMetrics:
         self.messages_received = Counter("codistill_messages_received_total", "Prediction messages accepted, per sending peer.", peer, registry=r)
         self.publish_failures = Counter("codistill_publish_failures_total", "Pushes to a peer that failed (deadline, unreachable, refused).", peer, registry=r)
         self.age = Gauge("codistill_peer_prediction_age_steps", "Receiver steps since the newest prediction from each peer arrived.", peer, registry=r)
+        self.age_seconds = Gauge("codistill_peer_prediction_age_seconds", "Seconds since the newest prediction from each peer arrived.", peer, registry=r)
         self.rejected = Counter("codistill_rejected_messages_total", "Incoming messages refused, by reason.", base + ["reason"], registry=r)
         self.reachable = Gauge("codistill_reachable_peers", "Peers the last publish reached.", base, registry=r)
         self._seen_received: dict[int, tuple[int, int]] = {}
@@ -74,6 +75,20 @@ class RegionMetrics:
 
     def _l(self, **extra: str):
         return {**self._labels, **extra}
+
+    def declare(self, sends_to: list[int], receives_from: list[int], reasons: list[str]) -> None:
+        """Create every bounded label combination at zero, so rates and sums exist before the first event."""
+        self.steps.labels(**self._labels)
+        self.sent_bytes.labels(**self._labels)
+        self.received_bytes.labels(**self._labels)
+        self.reachable.labels(**self._labels)
+        for peer in sends_to:
+            self.messages_sent.labels(**self._l(peer=str(peer)))
+            self.publish_failures.labels(**self._l(peer=str(peer)))
+        for peer in receives_from:
+            self.messages_received.labels(**self._l(peer=str(peer)))
+        for reason in reasons:
+            self.rejected.labels(**self._l(reason=reason))
 
     # ------------------------------------------------------------- serving
     def serve(self, host: str) -> int:
@@ -112,7 +127,7 @@ class RegionMetrics:
             self.publish_failures.labels(**self._l(peer=str(peer))).inc()
         self.reachable.labels(**self._labels).set(len(delivered))
 
-    def exchange_state(self, received: dict[int, tuple[int, int]], ages: dict[int, int], rejections: dict[str, int]) -> None:
+    def exchange_state(self, received: dict[int, tuple[int, int]], ages: dict[int, int], rejections: dict[str, int], age_seconds: dict[int, float] | None = None) -> None:
         """Fold in cumulative inbox counters (messages, bytes per peer) as counter increments."""
         with self._lock:
             for peer, (messages, nbytes) in received.items():
@@ -122,6 +137,8 @@ class RegionMetrics:
                 self.received_bytes.labels(**self._labels).inc(max(0, nbytes - old_b))
                 self._seen_received[peer] = (messages, nbytes)
                 self.age.labels(**labels).set(ages.get(peer, -1))
+                if age_seconds and peer in age_seconds:
+                    self.age_seconds.labels(**labels).set(age_seconds[peer])
             for reason, n in rejections.items():
                 self.rejected.labels(**self._l(reason=reason)).inc(max(0, n - self._seen_rejections.get(reason, 0)))
                 self._seen_rejections[reason] = n

@@ -1,19 +1,10 @@
 """Regions as real Ray actors exchanging over real gRPC on loopback."""
 
 import pytest
-import ray
 
 from codistill.launch import driver
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    assert ray.util.get_node_ip_address() == "127.0.0.1"
-    yield
-    ray.shutdown()
 
 
 def test_regions_exchange_over_grpc_and_learn_from_each_other(local_ray, tiny_cfg, tmp_path):

@@ -56,7 +56,7 @@ def run_inprocess(
 
     def observe() -> None:
         nonlocal stopping
-        snapshots = [n.progress(monitor.seen[i]) for i, n in enumerate(nodes)]
+        snapshots = [n.progress() for n in nodes]
         if monitor.observe(snapshots) and not stopping:
             stopping = True
             for n in nodes:

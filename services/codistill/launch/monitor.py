@@ -45,9 +45,9 @@ class RunMonitor:
         self.y_test = y_test
         self.n = n_regions
         self.tracker = ConvergenceTracker(cfg.disagreement_threshold, cfg.patience)
-        self.seen = [-1] * n_regions
-        self.probs: list[np.ndarray | None] = [None] * n_regions
-        self.accuracy = [0.0] * n_regions
+        # Per region, evaluations not yet combined: index k -> (step, accuracy, test probs).
+        self.pending: list[dict[int, tuple[int, float, np.ndarray]]] = [{} for _ in range(n_regions)]
+        self.counts = [0] * n_regions
         self.evaluations = 0
         self.records: list[dict[str, Any]] = []
         self.metrics = RunMetrics(run_id) if cfg.metrics and serve_host else None
@@ -57,28 +57,35 @@ class RunMonitor:
             self.address = f"{serve_host}:{port}"
 
     def observe(self, snapshots: list[dict]) -> bool:
-        """Fold in new evaluations; returns True when the run should stop early."""
+        """Fold in new evaluations; returns True when the run should stop early.
+
+        The k-th evaluation of the run combines every region's k-th evaluation.
+        """
+        stop = False
         for i, snap in enumerate(snapshots):
-            if snap.get("test_probs") is not None:
-                self.probs[i] = np.asarray(snap["test_probs"], dtype=np.float32)
-                self.seen[i] = snap["eval_count"]
-                self.accuracy[i] = snap["test_accuracy"]
-        ready = min(self.seen)
-        if ready <= self.evaluations or any(p is None for p in self.probs):
-            return False
-        self.evaluations = ready
-        preds = [p.argmax(1) for p in self.probs]
-        disagreement = pairwise_disagreement(preds)
-        ensemble = float((np.mean(self.probs, axis=0).argmax(1) == self.y_test).mean())
-        mean_acc = float(np.mean(self.accuracy))
+            for step, acc, probs in snap.get("evals", []):
+                self.pending[i][self.counts[i]] = (step, acc, np.asarray(probs, dtype=np.float32))
+                self.counts[i] += 1
+        while all(self.evaluations in p for p in self.pending):
+            k = self.evaluations
+            entries = [p.pop(k) for p in self.pending]
+            self.evaluations += 1
+            stop = self._combine(k, entries) or stop
+        return stop
+
+    def _combine(self, k: int, entries: list[tuple[int, float, np.ndarray]]) -> bool:
+        probs = [e[2] for e in entries]
+        disagreement = pairwise_disagreement([p.argmax(1) for p in probs])
+        ensemble = float((np.mean(probs, axis=0).argmax(1) == self.y_test).mean())
+        mean_acc = float(np.mean([e[1] for e in entries]))
         converged = self.tracker.update(disagreement) if self.n > 1 else False
         if self.metrics is not None:
             self.metrics.update(disagreement, ensemble, mean_acc, converged)
         self.records.append(
             {
                 "kind": "run",
-                "evaluation": ready,
-                "step": int(np.mean([s["step"] for s in snapshots])),
+                "evaluation": k,
+                "step": int(min(e[0] for e in entries)),
                 "time": time.time(),
                 "disagreement": disagreement,
                 "ensemble_test_accuracy": ensemble,
@@ -127,6 +134,7 @@ scrape_configs:
 
 
 def write_prometheus_config(folder: Path, targets: Path, interval: str = "5s") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "prometheus.yml"
     path.write_text(PROMETHEUS_TEMPLATE.format(config=path.resolve(), interval=interval, targets=targets.resolve()))
     return path

@@ -59,8 +59,8 @@ class RegionActor:
     def metrics_address(self) -> str | None:
         return self.node.metrics_address
 
-    def progress(self, seen_evals: int = -1) -> dict:
-        return self.node.progress(seen_evals)
+    def progress(self) -> dict:
+        return self.node.progress()
 
     def stop(self) -> None:
         self.node.trainer.stop()
@@ -133,7 +133,7 @@ def run_on_ray(
                 except ray.exceptions.RayTaskError as exc:
                     cause = exc.as_instanceof_cause()
                     raise cause if isinstance(cause, RegionError) else RegionError(plans[i].id, str(exc)) from None
-            snapshots = ray.get([a.progress.remote(monitor.seen[i]) for i, a in enumerate(actors)])
+            snapshots = ray.get([a.progress.remote() for a in actors])
             if monitor.observe(snapshots) and not stopping:
                 stopping = True
                 ray.get([a.stop.remote() for a in actors])

@@ -142,6 +142,12 @@ class PeerInbox:
             ids = torch.nonzero(fresh.any(0)).flatten()
             return Pool(ids, self._probs[:, ids].clone(), fresh[:, ids])
 
+    def age_seconds(self) -> dict[int, float]:
+        """Per sender that has delivered, seconds since its last accepted message."""
+        now = time.monotonic()
+        with self._cond:
+            return {p: now - t for p, t in self.last_message_time.items()}
+
     def staleness(self, now: int) -> dict[int, int]:
         """Per sender, receiver steps since its newest prediction arrived (-1: never)."""
         with self._cond:

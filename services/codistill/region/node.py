@@ -12,7 +12,7 @@ from codistill.config import RunConfig
 from codistill.metrics import RegionMetrics
 from codistill.region.client import GrpcTransport
 from codistill.region.inbox import PeerInbox
-from codistill.region.messages import RegionState, RegionStatus
+from codistill.region.messages import RegionState, RegionStatus, Rejection
 from codistill.region.server import create_server, set_serving
 from codistill.region.servicer import RegionServicer
 from codistill.region.trainer import RegionData, RegionResult, RegionTrainer
@@ -31,6 +31,7 @@ class RegionNode:
         self.address: str | None = None
         self.metrics: RegionMetrics | None = None
         self.metrics_address: str | None = None
+        self._sources: list[int] = []
 
     # ------------------------------------------------------------ lifecycle
     def serve(self, host: str = "127.0.0.1") -> str:
@@ -53,9 +54,16 @@ class RegionNode:
     def prepare(self, sources: list[int]) -> PeerInbox:
         """Create the inbox for predictions from `sources`; messages are refused before this."""
         self.inbox = PeerInbox(self.run_id, sources, self.trainer.num_classes, len(self.trainer.x_transfer))
+        self._sources = list(sources)
+        self._declare_metrics([])
         return self.inbox
 
+    def _declare_metrics(self, targets: list[int]) -> None:
+        if self.metrics is not None:
+            self.metrics.declare(sorted(targets), self._sources, [r.value for r in Rejection])
+
     def connect_grpc(self, targets: dict[int, str]) -> None:
+        self._declare_metrics(list(targets))
         ex = self.cfg.exchange
         transport = GrpcTransport(
             targets, dtype=ex.dtype, rpc_timeout_s=ex.rpc_timeout_s, max_message_bytes=ex.max_message_bytes
@@ -101,17 +109,12 @@ class RegionNode:
             peers=dict(inbox.counters) if inbox else {},
         )
 
-    def progress(self, seen_evals: int = -1) -> dict:
-        """A snapshot for live displays, plus metric records since the last call.
-
-        Carries the latest test predictions when there were evaluations after `seen_evals`.
-        """
+    def progress(self) -> dict:
+        """A snapshot for live displays, plus records and evaluations since the last call."""
         s = self.status()
         t = self.trainer
-        newer = t.eval_count > seen_evals and t.last_test_probs is not None
         return {
-            "eval_count": t.eval_count,
-            "test_probs": t.last_test_probs if newer else None,
+            "evals": t.drain_evals(),
             "metrics_address": self.metrics_address,
             "region": self.id,
             "arch": t.arch,

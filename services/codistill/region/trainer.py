@@ -132,8 +132,8 @@ class RegionTrainer:
         self._records_lock = threading.Lock()
         self._stop = threading.Event()
         self.metrics: MetricsSink = NullMetrics()
-        self.eval_count = 0
-        self.last_test_probs: np.ndarray | None = None
+        self.eval_step = -1
+        self._evals: list[tuple[int, float, np.ndarray]] = []  # (step, accuracy, test probs) not yet drained
         self.on_record: Callable[[dict[str, Any]], None] | None = None
 
     # ------------------------------------------------------------ wiring
@@ -169,10 +169,19 @@ class RegionTrainer:
     def evaluate(self) -> tuple[float, torch.Tensor]:
         probs = self.predict(self.x_test)
         acc = (probs.argmax(1) == self.y_test).float().mean().item()
-        self.eval_count += 1
-        self.last_test_probs = probs.cpu().numpy().astype(np.float16)
         self.metrics.evaluated(acc)
         return acc, probs
+
+    def _log_eval(self, step: int, acc: float, probs: torch.Tensor) -> None:
+        self.test_accuracy, self.eval_step = acc, step
+        with self._records_lock:
+            self._evals.append((step, acc, probs.cpu().numpy().astype(np.float16)))
+
+    def drain_evals(self) -> list[tuple[int, float, np.ndarray]]:
+        """Evaluations since the last call, with test predictions, for run-level convergence."""
+        with self._records_lock:
+            out, self._evals = self._evals, []
+        return out
 
     def _report_exchange(self) -> None:
         if self.inbox is None:
@@ -182,6 +191,7 @@ class RegionTrainer:
             {p: (c.messages, c.bytes) for p, c in counters.items()},
             self.inbox.staleness(self.step),
             dict(self.inbox.rejections),
+            self.inbox.age_seconds(),
         )
 
     # ---------------------------------------------------------- exchange
@@ -284,7 +294,8 @@ class RegionTrainer:
             self.last_losses = (sup.item(), dist.item())
             self.metrics.step(*self.last_losses)
             if (step + 1) % cfg.train.eval_every == 0 or step + 1 == self.steps:
-                self.test_accuracy, _ = self.evaluate()
+                acc, probs = self.evaluate()
+                self._log_eval(step + 1, acc, probs)
                 self.record(
                     "eval",
                     step=step + 1,
@@ -301,7 +312,8 @@ class RegionTrainer:
         self.step = self.steps if not self._stop.is_set() else self.step
         self.state = RegionState.DRAINING
         acc, probs = self.evaluate()
-        self.test_accuracy = acc
+        if self.eval_step != self.step:  # stopped early: the last model was not evaluated yet
+            self._log_eval(self.step, acc, probs)
         pred = probs.argmax(1)
         recall = [
             float((pred[self.y_test == c] == c).float().mean()) if (self.y_test == c).any() else float("nan")

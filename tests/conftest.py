@@ -1,8 +1,7 @@
-import os
+from codistill.launch.loopback import keep_local_ray_on_loopback
 
-# Keep every Ray process on loopback and silent towards the outside.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Every Ray process of the test session stays on loopback; set before Ray is imported.
+keep_local_ray_on_loopback()
 
 import pytest  # noqa: E402
 

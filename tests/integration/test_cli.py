@@ -55,3 +55,20 @@ def test_run_with_compare_writes_results(tmp_path):
     assert doc["strategy"] == "codistill" and set(doc["compare"]) == {"codistill", "independent"}
     assert "ensemble" in res.stdout and "independent" in res.stdout
     assert (out / "metrics.jsonl").stat().st_size > 0 and (out / "config.yaml").exists()
+
+
+def test_local_ray_run_stays_on_loopback(tmp_path):
+    out = tmp_path / "out"
+    res = codistill(
+        "run", str(ROOT / "configs" / "quickstart.yaml"), "--out", str(out), "--quiet",
+        "--set", "train.steps=40", "--set", "regions.count=3", "--set", "exchange.publish_interval=20",
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    ray_line = [line for line in res.stdout.splitlines() if "local Ray at" in line]
+    assert ray_line and "127.0.0.1:" in ray_line[0], res.stdout
+    endpoints = [line for line in res.stdout.splitlines() if line.startswith("metrics:")]
+    addresses = [a.split("=")[1].rstrip(";") for a in endpoints[0].replace(",", " ").split() if "=" in a]
+    assert addresses and all(a.startswith("127.0.0.1:") for a in addresses), endpoints
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["transport"] == "grpc" and doc["bytes_sent"] > 0

@@ -8,6 +8,7 @@ them, watches progress and collects their final evaluations.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from codistill import config as config_mod
 from codistill.config import RunConfig
 from codistill.data import Split, load_dataset, make_split
 from codistill.launch.inprocess import run_inprocess
+from codistill.launch.loopback import keep_local_ray_on_loopback
 from codistill.launch.monitor import RunMonitor, write_prometheus_config, write_service_discovery
 from codistill.launch.plan import plan_regions
 from codistill.region.trainer import RegionResult
@@ -97,9 +99,16 @@ def run_strategy(
     if cfg.exchange.transport == "inprocess":
         results = run_inprocess(cfg, split, plans, run_id, make_monitor, on_progress)
     else:
+        if not (address or cfg.ray.address or os.environ.get("RAY_ADDRESS")):
+            keep_local_ray_on_loopback()  # before Ray is imported
         from codistill.launch.ray_runner import ensure_ray, run_on_ray
 
         local = ensure_ray(cfg, address)
+        if announce:
+            import ray
+
+            where = "local Ray" if local else "Ray cluster"
+            announce(f"{strategy}: {where} at {ray.get_runtime_context().gcs_address}")
         results = run_on_ray(cfg, split, plans, run_id, local=local, make_monitor=make_monitor, on_progress=on_progress)
     wall = time.perf_counter() - start
     return StrategyResult(

@@ -17,6 +17,7 @@ import torch
 
 from codistill.config import RunConfig
 from codistill.data import Split
+from codistill.launch.loopback import keep_local_ray_on_loopback
 from codistill.launch.monitor import RunMonitor
 from codistill.launch.plan import RegionPlan, region_data
 from codistill.region.messages import RegionError
@@ -81,8 +82,7 @@ def ensure_ray(cfg: RunConfig, address: str | None) -> bool:
     if address:
         ray.init(address=address, include_dashboard=False, log_to_driver=True)
         return False
-    # Keeps a local Ray on 127.0.0.1 instead of advertising the machine's address.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    keep_local_ray_on_loopback()
     needed = math.ceil(cfg.regions.count * cfg.regions.num_cpus)
     num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, needed)
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, configure_logging=False)

@@ -2,6 +2,7 @@
 
   codistill run CONFIG [--set key=value ...] [--out DIR] [--compare S1,S2] [--address ADDR] [--force]
   codistill report RUN_DIR
+  codistill certs DIR --regions N
 
 Exit codes: 0 success, 1 a run failed, 2 bad input (nothing was started).
 """
@@ -20,6 +21,7 @@ from codistill import config as config_mod
 from codistill.config import STRATEGIES, ConfigError
 from codistill.data import DataError
 from codistill.partition import PartitionError
+from codistill.region.security import SecurityError
 from codistill.region.messages import RegionError
 
 EXIT_FAILED = 1
@@ -45,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no live table")
     r.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=None,
                    help="serve Prometheus metrics from every region (default: monitor.metrics)")
+    cert = sub.add_parser("certs", help="create a CA and region certificates for mutual TLS (security.tls_dir)")
+    cert.add_argument("folder", type=Path)
+    cert.add_argument("--regions", type=int, required=True, help="how many region certificates (region ids 0..N-1)")
+    cert.add_argument("--host", action="append", default=[], help="extra DNS name or IP the certificates name (repeatable)")
+    cert.add_argument("--days", type=int, default=365, help="validity in days")
+    cert.add_argument("--force", action="store_true", help="replace existing certificates in FOLDER")
     rep = sub.add_parser("report", help="plot convergence curves of a finished run into RUN_DIR/plots/")
     rep.add_argument("run_dir", type=Path)
     return p
@@ -53,6 +61,16 @@ def _parser() -> argparse.ArgumentParser:
 def _fail(console: Console, message: str, code: int) -> int:
     console.print(f"[bold red]codistill: error:[/] {message}", highlight=False, soft_wrap=True)
     return code
+
+
+def _check_security(cfg) -> None:
+    """Fail before anything starts if the token or a region's TLS files cannot be read."""
+    from codistill.region.security import TlsFiles
+
+    cfg.security.resolved_token()
+    if cfg.security.tls_dir:
+        for region in range(cfg.regions.count):
+            TlsFiles.load(cfg.security.tls_dir, region)
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
@@ -68,10 +86,11 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
         if out.exists() and any(out.iterdir()) and not args.force:
             raise ConfigError(f"output folder {out} already holds files; choose another --out or pass --force")
+        _check_security(cfg)
         from codistill.launch import driver
 
         split = driver.prepare(cfg)
-    except (ConfigError, DataError, PartitionError) as exc:
+    except (ConfigError, DataError, PartitionError, SecurityError) as exc:
         return _fail(console, str(exc), EXIT_USAGE)
 
     from codistill.progress import LiveProgress, results_table
@@ -109,6 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=False)
     if args.command == "run":
         return cmd_run(args, console)
+    if args.command == "certs":
+        from codistill.certs import CertsError, make_certs
+
+        try:
+            written = make_certs(args.folder, args.regions, args.host, args.days, args.force)
+        except CertsError as exc:
+            return _fail(console, str(exc), EXIT_USAGE)
+        console.print(f"wrote {len(written)} certificates to {args.folder}; set security.tls_dir={args.folder}", highlight=False)
+        return 0
     if args.command == "report":
         from codistill.report import ReportError, report
 

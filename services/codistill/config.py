@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 Strategy = Literal["codistill", "independent", "centralized"]
 STRATEGIES: tuple[str, ...] = ("codistill", "independent", "centralized")
@@ -155,6 +155,34 @@ class MonitorConfig(_Strict):
     linger_s: float = Field(0.0, ge=0)
 
 
+class SecurityConfig(_Strict):
+    # Shared bearer token every region presents; None = no token check. Never written to run folders.
+    token: SecretStr | None = None
+    # Read the token from this file instead, keeping it out of configs and process lists.
+    token_file: str | None = None
+    # Folder made by `codistill certs`: mutual TLS between regions; None = plaintext (loopback default).
+    tls_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> SecurityConfig:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("set security.token or security.token_file, not both")
+        return self
+
+    def resolved_token(self) -> str | None:
+        if self.token is not None:
+            return self.token.get_secret_value()
+        if self.token_file is not None:
+            path = Path(self.token_file).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"security.token_file: {path} not found")
+            token = path.read_text().strip()
+            if not token:
+                raise ConfigError(f"security.token_file: {path} is empty")
+            return token
+        return None
+
+
 class RayConfig(_Strict):
     # None starts a local Ray in-process; set (or RAY_ADDRESS / --address) to join a cluster.
     address: str | None = None
@@ -173,6 +201,7 @@ class RunConfig(_Strict):
     consensus: ConsensusConfig = Field(default_factory=ConsensusConfig)
     exchange: ExchangeConfig = Field(default_factory=ExchangeConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @field_validator("name")

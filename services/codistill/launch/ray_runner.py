@@ -116,10 +116,10 @@ def run_on_ray(
         arrays = (d.x_labeled, d.y_labeled, shared["transfer"], shared["test_x"], shared["test_y"], d.num_classes)
         actors.append(remote.remote(p.id, cfg, run_id, p.arch, p.steps, p.exchange, *arrays))
     try:
-        addresses = ray.get([a.serve.remote(host) for a in actors])
-        ray.get([a.prepare.remote(p.receives_from) for a, p in zip(actors, plans)])
-        ray.get([a.connect.remote({j: addresses[j] for j in p.sends_to}) for a, p in zip(actors, plans) if p.exchange])
-        metric_addresses = ray.get([a.metrics_address.remote() for a in actors])
+        addresses = _gather([a.serve.remote(host) for a in actors], plans)
+        _gather([a.prepare.remote(p.receives_from) for a, p in zip(actors, plans)], plans)
+        _gather([a.connect.remote({j: addresses[j] for j in p.sends_to} if p.exchange else {}) for a, p in zip(actors, plans)], plans)
+        metric_addresses = _gather([a.metrics_address.remote() for a in actors], plans)
         monitor = make_monitor(host or ray.util.get_node_ip_address(), {p.id: m for p, m in zip(plans, metric_addresses) if m})
         pending = {a.run.remote(): i for i, a in enumerate(actors)}
         results: dict[int, RegionResult] = {}
@@ -128,12 +128,8 @@ def run_on_ray(
             done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=poll_s)
             for ref in done:
                 i = pending.pop(ref)
-                try:
-                    results[i] = ray.get(ref)
-                except ray.exceptions.RayTaskError as exc:
-                    cause = exc.as_instanceof_cause()
-                    raise cause if isinstance(cause, RegionError) else RegionError(plans[i].id, str(exc)) from None
-            snapshots = ray.get([a.progress.remote() for a in actors])
+                results[i] = _gather([ref], [plans[i]])[0]
+            snapshots = _gather([a.progress.remote() for a in actors], plans)
             if monitor.observe(snapshots) and not stopping:
                 stopping = True
                 ray.get([a.stop.remote() for a in actors])
@@ -151,3 +147,24 @@ def run_on_ray(
             except Exception:
                 pass
             ray.kill(a)
+
+
+def _gather(refs: list, plans: list[RegionPlan]) -> list:
+    """ray.get each result, turning any Ray failure into a RegionError naming the region."""
+    out = []
+    for ref, plan in zip(refs, plans):
+        try:
+            out.append(ray.get(ref))
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.as_instanceof_cause()
+            if isinstance(cause, RegionError):
+                raise RegionError(cause.region, cause.message) from None
+            raise RegionError(plan.id, _last_line(exc)) from None
+        except ray.exceptions.RayError as exc:
+            raise RegionError(plan.id, _last_line(exc)) from None
+    return out
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__

@@ -9,6 +9,7 @@ import grpc
 
 from codistill.region import serde
 from codistill.region.messages import PredictionBatch, PublishReport, RegionStatus
+from codistill.region.security import TLS_SERVER_NAME, TlsFiles, bearer
 from codistill.v1 import region_pb2_grpc
 
 # Retry only UNAVAILABLE (peer restarting or not yet listening); everything
@@ -38,13 +39,25 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, object]]:
     ]
 
 
-def open_channel(address: str, max_message_bytes: int) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=channel_options(max_message_bytes))
+def open_channel(address: str, max_message_bytes: int, tls: TlsFiles | None = None) -> grpc.Channel:
+    options = channel_options(max_message_bytes)
+    if tls is None:
+        return grpc.insecure_channel(address, options=options)
+    options.append(("grpc.ssl_target_name_override", TLS_SERVER_NAME))
+    return grpc.secure_channel(address, tls.channel_credentials(), options=options)
 
 
-def get_status(address: str, timeout_s: float = 5.0, max_message_bytes: int = 4 * 1024 * 1024) -> RegionStatus:
-    with open_channel(address, max_message_bytes) as channel:
-        reply = region_pb2_grpc.RegionStub(channel).GetStatus(serde.status_request(), timeout=timeout_s)
+def get_status(
+    address: str,
+    timeout_s: float = 5.0,
+    max_message_bytes: int = 4 * 1024 * 1024,
+    *,
+    token: str | None = None,
+    tls: TlsFiles | None = None,
+) -> RegionStatus:
+    with open_channel(address, max_message_bytes, tls) as channel:
+        stub = region_pb2_grpc.RegionStub(channel)
+        reply = stub.GetStatus(serde.status_request(), timeout=timeout_s, metadata=bearer(token) if token else None)
     return serde.status_from_proto(reply)
 
 
@@ -58,10 +71,13 @@ class GrpcTransport:
         dtype: str = "float16",
         rpc_timeout_s: float = 10.0,
         max_message_bytes: int = 64 * 1024 * 1024,
+        token: str | None = None,
+        tls: TlsFiles | None = None,
     ):
         self.dtype = dtype
         self.rpc_timeout_s = rpc_timeout_s
-        self._channels = {peer: open_channel(addr, max_message_bytes) for peer, addr in targets.items()}
+        self._metadata = bearer(token) if token else None
+        self._channels = {peer: open_channel(addr, max_message_bytes, tls) for peer, addr in targets.items()}
         self._stubs = {peer: region_pb2_grpc.RegionStub(ch) for peer, ch in self._channels.items()}
 
     def publish(self, batch: PredictionBatch) -> PublishReport:
@@ -69,7 +85,8 @@ class GrpcTransport:
         message = serde.predictions_to_proto(batch, self.dtype)
         size = message.ByteSize()
         calls = {
-            peer: stub.PushPredictions.future(message, timeout=self.rpc_timeout_s) for peer, stub in self._stubs.items()
+            peer: stub.PushPredictions.future(message, timeout=self.rpc_timeout_s, metadata=self._metadata)
+            for peer, stub in self._stubs.items()
         }
         report = PublishReport()
         for peer, call in calls.items():

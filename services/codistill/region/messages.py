@@ -46,6 +46,7 @@ class Rejection(str, Enum):
     UNKNOWN_SAMPLE = "unknown_sample"
     DUPLICATE_SAMPLE = "duplicate_sample"
     TOO_LARGE = "too_large"
+    UNAUTHENTICATED = "unauthenticated"
 
     @property
     def depends_on_state(self) -> bool:

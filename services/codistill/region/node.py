@@ -13,6 +13,7 @@ from codistill.metrics import RegionMetrics
 from codistill.region.client import GrpcTransport
 from codistill.region.inbox import PeerInbox
 from codistill.region.messages import RegionState, RegionStatus, Rejection
+from codistill.region.security import TlsFiles
 from codistill.region.server import create_server, set_serving
 from codistill.region.servicer import RegionServicer
 from codistill.region.trainer import RegionData, RegionResult, RegionTrainer
@@ -32,14 +33,23 @@ class RegionNode:
         self.metrics: RegionMetrics | None = None
         self.metrics_address: str | None = None
         self._sources: list[int] = []
+        sec = cfg.security
+        self._token = sec.resolved_token()
+        self._tls = TlsFiles.load(sec.tls_dir, region_id) if sec.tls_dir else None
+        self.unauthenticated = 0
 
     # ------------------------------------------------------------ lifecycle
     def serve(self, host: str = "127.0.0.1") -> str:
         """Start the gRPC server on a free port of `host`; returns host:port."""
-        servicer = RegionServicer(lambda: self.inbox, self.status)
+        self.servicer = RegionServicer(lambda: self.inbox, self.status)
         bind = f"[{host}]:0" if ":" in host else f"{host}:0"
         self._server, port, self._health = create_server(
-            bind, servicer, max_message_bytes=self.cfg.exchange.max_message_bytes
+            bind,
+            self.servicer,
+            max_message_bytes=self.cfg.exchange.max_message_bytes,
+            token=self._token,
+            tls=self._tls,
+            on_unauthenticated=self._unauthenticated,
         )
         self._server.start()
         set_serving(self._health, True)
@@ -58,15 +68,27 @@ class RegionNode:
         self._declare_metrics([])
         return self.inbox
 
+    def _unauthenticated(self) -> None:
+        self.unauthenticated += 1
+        if self.inbox is not None:
+            self.inbox.reject(Rejection.UNAUTHENTICATED)
+
     def _declare_metrics(self, targets: list[int]) -> None:
         if self.metrics is not None:
             self.metrics.declare(sorted(targets), self._sources, [r.value for r in Rejection])
 
     def connect_grpc(self, targets: dict[int, str]) -> None:
         self._declare_metrics(list(targets))
+        if not targets:
+            return
         ex = self.cfg.exchange
         transport = GrpcTransport(
-            targets, dtype=ex.dtype, rpc_timeout_s=ex.rpc_timeout_s, max_message_bytes=ex.max_message_bytes
+            targets,
+            dtype=ex.dtype,
+            rpc_timeout_s=ex.rpc_timeout_s,
+            max_message_bytes=ex.max_message_bytes,
+            token=self._token,
+            tls=self._tls,
         )
         self.trainer.attach(transport, self.inbox)
 

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 def status_code(reason: Rejection) -> grpc.StatusCode:
     if reason is Rejection.TOO_LARGE:
         return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if reason is Rejection.UNAUTHENTICATED:
+        return grpc.StatusCode.UNAUTHENTICATED
     if reason.depends_on_state:
         return grpc.StatusCode.FAILED_PRECONDITION
     return grpc.StatusCode.INVALID_ARGUMENT
@@ -28,8 +30,11 @@ class RegionServicer(region_pb2_grpc.RegionServicer):
         # The inbox exists only once the region is wired to its peers.
         self._inbox = inbox
         self._status = status
+        # Calls that reached a handler; authentication tests assert refused calls never do.
+        self.entered = 0
 
     def PushPredictions(self, request, context):
+        self.entered += 1
         inbox = self._inbox()
         code, detail = None, ""
         try:
@@ -51,6 +56,7 @@ class RegionServicer(region_pb2_grpc.RegionServicer):
         return serde.push_response_to_proto(version)
 
     def GetStatus(self, request, context):
+        self.entered += 1
         try:
             return serde.status_to_proto(self._status())
         except Exception:

@@ -110,9 +110,11 @@ def report(run_dir: Path) -> list[Path]:
     records = load_records(run_dir)
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
-    name = run_dir.name
-    paths = [plot_convergence(records, out / "convergence.png", name)]
     results_path = run_dir / "results.json"
+    name = run_dir.name
+    if results_path.is_file():
+        name = json.loads(results_path.read_text()).get("config", {}).get("name", name)
+    paths = [plot_convergence(records, out / "convergence.png", name)]
     if results_path.is_file():
         paths.append(plot_accuracy(json.loads(results_path.read_text()), out / "accuracy.png"))
     return paths

@@ -22,7 +22,7 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	fi
 
-test: install
+test: install system-deps
 	$(BIN)/python -m pytest -ra
 
 test-unit: install

@@ -125,7 +125,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    console = Console(stderr=False)
+    console = Console()
+    if not console.is_terminal:  # logs and CI: wide enough for the tables, no wrapping
+        console = Console(width=140)
     if args.command == "run":
         return cmd_run(args, console)
     if args.command == "certs":

@@ -60,6 +60,8 @@ class LiveProgress:
         if self._live is not None:
             self._live.stop()
             self._live = None
+            if not self.console.is_terminal:
+                self.console.print()
 
 
 def results_table(doc: dict) -> Table:

@@ -155,6 +155,26 @@ class MonitorConfig(_Strict):
     linger_s: float = Field(0.0, ge=0)
 
 
+class FaultConfig(_Strict):
+    # Checkpoint every N steps so a crashed region resumes instead of restarting; 0 = never.
+    checkpoint_every: int = Field(100, ge=0)
+    # Where checkpoints go; None = RUN_DIR/checkpoints (must be reachable from every node on a cluster).
+    checkpoint_dir: str | None = None
+    # Ray restarts a crashed region this often before the run fails.
+    max_restarts: int = Field(3, ge=0)
+
+
+class ChaosConfig(_Strict):
+    """Deliberate faults, for tests and demonstrations of the failure model."""
+
+    # These regions publish confident lies: all mass on the class they find least likely.
+    liars: list[int] = Field(default_factory=list)
+    # This region stops answering (its handler and its loop sleep) at hang_at_step, for hang_seconds.
+    hang_region: int | None = None
+    hang_at_step: int = Field(0, ge=0)
+    hang_seconds: float = Field(0.0, ge=0)
+
+
 class SecurityConfig(_Strict):
     # Shared bearer token every region presents; None = no token check. Never written to run folders.
     token: SecretStr | None = None
@@ -202,6 +222,8 @@ class RunConfig(_Strict):
     exchange: ExchangeConfig = Field(default_factory=ExchangeConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    fault: FaultConfig = Field(default_factory=FaultConfig)
+    chaos: ChaosConfig = Field(default_factory=ChaosConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @field_validator("name")
@@ -220,6 +242,9 @@ class RunConfig(_Strict):
                 raise ValueError(f"data.partition.omit_regions has ids {bad} outside 0..{n - 1}")
         if self.data.dataset == "synthetic" and self.data.transfer_size + self.data.test_size >= self.data.synthetic_samples:
             raise ValueError("data.transfer_size + data.test_size must leave labeled samples in data.synthetic_samples")
+        bad = [r for r in self.chaos.liars + ([self.chaos.hang_region] if self.chaos.hang_region is not None else []) if not 0 <= r < n]
+        if bad:
+            raise ValueError(f"chaos names regions {bad} outside 0..{n - 1}")
         if self.exchange.topology == "random-k" and n > 1 and self.exchange.k > n - 1:
             raise ValueError(f"exchange.k={self.exchange.k} exceeds the {n - 1} other regions")
         return self

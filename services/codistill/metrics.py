@@ -68,6 +68,7 @@ class RegionMetrics:
         self.age = Gauge("codistill_peer_prediction_age_steps", "Receiver steps since the newest prediction from each peer arrived.", peer, registry=r)
         self.age_seconds = Gauge("codistill_peer_prediction_age_seconds", "Seconds since the newest prediction from each peer arrived.", peer, registry=r)
         self.rejected = Counter("codistill_rejected_messages_total", "Incoming messages refused, by reason.", base + ["reason"], registry=r)
+        self.restarts = Counter("codistill_restarts_total", "Times this region was restarted after a crash (restored from a checkpoint).", base, registry=r)
         self.reachable = Gauge("codistill_reachable_peers", "Peers the last publish reached.", base, registry=r)
         self._seen_received: dict[int, tuple[int, int]] = {}
         self._seen_rejections: dict[str, int] = {}
@@ -79,6 +80,7 @@ class RegionMetrics:
     def declare(self, sends_to: list[int], receives_from: list[int], reasons: list[str]) -> None:
         """Create every bounded label combination at zero, so rates and sums exist before the first event."""
         self.steps.labels(**self._labels)
+        self.restarts.labels(**self._labels)
         self.sent_bytes.labels(**self._labels)
         self.received_bytes.labels(**self._labels)
         self.reachable.labels(**self._labels)

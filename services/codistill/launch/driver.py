@@ -22,7 +22,7 @@ from codistill.config import RunConfig
 from codistill.data import Split, load_dataset, make_split
 from codistill.launch.inprocess import run_inprocess
 from codistill.launch.loopback import keep_local_ray_on_loopback
-from codistill.launch.monitor import RunMonitor, write_prometheus_config, write_service_discovery
+from codistill.launch.monitor import RunMonitor
 from codistill.launch.plan import plan_regions
 from codistill.region.trainer import RegionResult
 
@@ -84,20 +84,19 @@ def run_strategy(
     plans = plan_regions(cfg, split, strategy)
 
     def make_monitor(host: str | None, region_targets: dict[int, str]) -> RunMonitor:
-        monitor = RunMonitor(cfg.monitor, run_id, split.dataset.test.y, len(plans), host)
-        if out_dir is not None and region_targets:
-            folder = out_dir / "prometheus"
-            sd = write_service_discovery(folder, region_targets, monitor.address)
-            prom = write_prometheus_config(folder, sd)
-            if announce:
-                listing = ", ".join(f"{rid}={addr}" for rid, addr in sorted(region_targets.items()))
-                announce(f"metrics: regions {listing}; run-level {monitor.address}")
-                announce(f"file_sd targets: {sd}  (prometheus --config.file={prom})")
+        sd_folder = out_dir / "prometheus" if out_dir is not None else None
+        monitor = RunMonitor(cfg.monitor, run_id, split.dataset.test.y, len(plans), host, sd_folder, announce)
+        monitor.set_targets(region_targets)
         return monitor
+
+    checkpoints = None
+    if cfg.fault.checkpoint_every:
+        base = Path(cfg.fault.checkpoint_dir) if cfg.fault.checkpoint_dir else (out_dir / "checkpoints" if out_dir else None)
+        checkpoints = base / strategy if base else None
 
     start = time.perf_counter()
     if cfg.exchange.transport == "inprocess":
-        results = run_inprocess(cfg, split, plans, run_id, make_monitor, on_progress)
+        results = run_inprocess(cfg, split, plans, run_id, make_monitor, on_progress, checkpoints=checkpoints)
     else:
         if not (address or cfg.ray.address or os.environ.get("RAY_ADDRESS")):
             keep_local_ray_on_loopback()  # before Ray is imported
@@ -109,7 +108,9 @@ def run_strategy(
 
             where = "local Ray" if local else "Ray cluster"
             announce(f"{strategy}: {where} at {ray.get_runtime_context().gcs_address}")
-        results = run_on_ray(cfg, split, plans, run_id, local=local, make_monitor=make_monitor, on_progress=on_progress)
+        results = run_on_ray(
+            cfg, split, plans, run_id, local=local, make_monitor=make_monitor, on_progress=on_progress, checkpoints=checkpoints
+        )
     wall = time.perf_counter() - start
     return StrategyResult(
         strategy, results, ensemble_accuracy(results, split.dataset.test.y), wall, cfg.exchange.transport

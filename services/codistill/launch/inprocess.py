@@ -7,6 +7,7 @@ no Ray, no sockets. The reference for tests and the benchmarks' baseline.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -28,10 +29,14 @@ def run_inprocess(
     make_monitor: Callable[[str | None, dict[int, str]], RunMonitor],
     on_progress: Callable[[list[dict], list[dict]], None] | None = None,
     poll_s: float = 0.5,
+    checkpoints: Path | None = None,
 ) -> list[RegionResult]:
     torch.set_num_threads(cfg.regions.torch_threads)
     nodes = [
-        RegionNode(p.id, cfg, region_data(split, p), run_id=run_id, arch=p.arch, steps=p.steps, exchange=p.exchange)
+        RegionNode(
+            p.id, cfg, region_data(split, p), run_id=run_id, arch=p.arch, steps=p.steps, exchange=p.exchange,
+            checkpoint_dir=checkpoints / f"region-{p.id}" if checkpoints else None,
+        )
         for p in plans
     ]
     for node, p in zip(nodes, plans):

@@ -40,8 +40,20 @@ class ConvergenceTracker:
 
 
 class RunMonitor:
-    def __init__(self, cfg: MonitorConfig, run_id: str, y_test: np.ndarray, n_regions: int, serve_host: str | None):
+    def __init__(
+        self,
+        cfg: MonitorConfig,
+        run_id: str,
+        y_test: np.ndarray,
+        n_regions: int,
+        serve_host: str | None,
+        sd_folder: Path | None = None,
+        announce=None,
+    ):
         self.cfg = cfg
+        self.sd_folder = sd_folder
+        self._announce = announce
+        self.targets: dict[int, str] = {}
         self.y_test = y_test
         self.n = n_regions
         self.tracker = ConvergenceTracker(cfg.disagreement_threshold, cfg.patience)
@@ -94,6 +106,22 @@ class RunMonitor:
             }
         )
         return converged and self.cfg.stop_when_converged
+
+    def set_targets(self, region_targets: dict[int, str]) -> None:
+        """Write (or rewrite, after a region restarted elsewhere) the file_sd targets."""
+        if self.sd_folder is None or not region_targets or region_targets == self.targets:
+            return
+        first = not self.targets
+        self.targets = dict(region_targets)
+        sd = write_service_discovery(self.sd_folder, region_targets, self.address)
+        prom = write_prometheus_config(self.sd_folder, sd)
+        if self._announce:
+            listing = ", ".join(f"{rid}={addr}" for rid, addr in sorted(region_targets.items()))
+            if first:
+                self._announce(f"metrics: regions {listing}; run-level {self.address}")
+                self._announce(f"file_sd targets: {sd}  (prometheus --config.file={prom})")
+            else:
+                self._announce(f"metrics moved: regions {listing}")
 
     def drain(self) -> list[dict[str, Any]]:
         out, self.records = self.records, []

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import threading
 import time
+from typing import Callable
 
 import grpc
 
@@ -62,7 +65,14 @@ def get_status(
 
 
 class GrpcTransport:
-    """Pushes each batch to all peers concurrently, every call under a deadline."""
+    """Pushes each batch to all peers without waiting for them.
+
+    Every call has a deadline. A peer whose previous call is still in flight
+    is skipped (counted as BUSY), so a hung peer costs its senders nothing but
+    that one call. Outcomes arrive by callback and are reported by the next
+    `publish` (or by `flush`). When a peer stays UNAVAILABLE, its address is
+    looked up again through `resolve`, so a restarted region is found.
+    """
 
     def __init__(
         self,
@@ -73,35 +83,93 @@ class GrpcTransport:
         max_message_bytes: int = 64 * 1024 * 1024,
         token: str | None = None,
         tls: TlsFiles | None = None,
+        resolve: Callable[[int], str | None] | None = None,
     ):
         self.dtype = dtype
         self.rpc_timeout_s = rpc_timeout_s
+        self._max_message_bytes = max_message_bytes
+        self._tls = tls
+        self._resolve = resolve
         self._metadata = bearer(token) if token else None
+        self._lock = threading.Lock()
+        self._addresses = dict(targets)
         self._channels = {peer: open_channel(addr, max_message_bytes, tls) for peer, addr in targets.items()}
         self._stubs = {peer: region_pb2_grpc.RegionStub(ch) for peer, ch in self._channels.items()}
+        self._inflight: dict[int, grpc.Future] = {}
+        self._completed = PublishReport()
 
-    def publish(self, batch: PredictionBatch) -> PublishReport:
-        start = time.perf_counter()
-        message = serde.predictions_to_proto(batch, self.dtype)
-        size = message.ByteSize()
-        calls = {
-            peer: stub.PushPredictions.future(message, timeout=self.rpc_timeout_s, metadata=self._metadata)
-            for peer, stub in self._stubs.items()
-        }
-        report = PublishReport()
-        for peer, call in calls.items():
-            try:
-                call.result()
-            except grpc.RpcError as exc:
-                report.failed[peer] = exc.code().name if exc.code() else "UNKNOWN"
-                continue
-            report.delivered.append(peer)
-            report.bytes_sent += size
-        report.seconds = time.perf_counter() - start
+    def _on_done(self, peer: int, size: int, started: float, future: grpc.Future) -> None:
+        latency = time.perf_counter() - started
+        code = None
+        try:
+            future.result()
+        except grpc.RpcError as exc:
+            code = exc.code()
+        except Exception:  # cancelled on close
+            code = grpc.StatusCode.CANCELLED
+        with self._lock:
+            report = self._completed
+            report.seconds = max(report.seconds, latency)
+            if code is None:
+                report.delivered.append(peer)
+                report.bytes_sent += size
+            else:
+                report.failed[peer] = code.name
+        if code is grpc.StatusCode.UNAVAILABLE:
+            self._reresolve(peer)
+
+    def _reresolve(self, peer: int) -> None:
+        if self._resolve is None:
+            return
+        address = self._resolve(peer)
+        with self._lock:
+            if address and address != self._addresses.get(peer):
+                old = self._channels.get(peer)
+                self._addresses[peer] = address
+                self._channels[peer] = open_channel(address, self._max_message_bytes, self._tls)
+                self._stubs[peer] = region_pb2_grpc.RegionStub(self._channels[peer])
+                if old is not None:
+                    old.close()
+
+    def _take_completed(self) -> PublishReport:
+        with self._lock:
+            report, self._completed = self._completed, PublishReport()
         return report
 
+    def publish(self, batch: PredictionBatch) -> PublishReport:
+        message = serde.predictions_to_proto(batch, self.dtype)
+        size = message.ByteSize()
+        report = self._take_completed()
+        with self._lock:
+            stubs = dict(self._stubs)
+        for peer, stub in stubs.items():
+            pending = self._inflight.get(peer)
+            if pending is not None and not pending.done():
+                report.failed[peer] = "BUSY"
+                continue
+            started = time.perf_counter()
+            future = stub.PushPredictions.future(message, timeout=self.rpc_timeout_s, metadata=self._metadata)
+            self._inflight[peer] = future
+            future.add_done_callback(functools.partial(self._on_done, peer, size, started))
+        return report
+
+    def flush(self, timeout_s: float | None = None) -> PublishReport:
+        """Wait for calls in flight (up to their deadlines) and report them."""
+        deadline = time.monotonic() + (self.rpc_timeout_s if timeout_s is None else timeout_s)
+        for future in list(self._inflight.values()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                future.result(timeout=left)
+            except Exception:
+                pass
+        time.sleep(0.01)  # let done-callbacks finish recording
+        return self._take_completed()
+
     def close(self) -> None:
-        for ch in self._channels.values():
-            ch.close()
-        self._channels.clear()
-        self._stubs.clear()
+        with self._lock:
+            for ch in self._channels.values():
+                ch.close()
+            self._channels.clear()
+            self._stubs.clear()

@@ -6,6 +6,9 @@ creates a node, starts serving, wires it to peers, then runs it.
 
 from __future__ import annotations
 
+import time
+from typing import Callable
+
 import grpc
 
 from codistill.config import RunConfig
@@ -21,15 +24,29 @@ from codistill.region.transport import InProcessTransport
 
 
 class RegionNode:
-    def __init__(self, region_id: int, cfg: RunConfig, data: RegionData, *, run_id: str, **trainer_kwargs):
+    def __init__(
+        self,
+        region_id: int,
+        cfg: RunConfig,
+        data: RegionData,
+        *,
+        run_id: str,
+        restarts: int = 0,
+        resolve: Callable[[int], str | None] | None = None,
+        **trainer_kwargs,
+    ):
         self.id = region_id
         self.cfg = cfg
         self.run_id = run_id
         self.trainer = RegionTrainer(region_id, cfg, data, run_id=run_id, **trainer_kwargs)
+        self.trainer.restarts = restarts
+        self.trainer.on_hang = self._hang
+        self._resolve = resolve
         self.inbox: PeerInbox | None = None
         self._server: grpc.Server | None = None
         self._health = None
         self.address: str | None = None
+        self.servicer: RegionServicer | None = None
         self.metrics: RegionMetrics | None = None
         self.metrics_address: str | None = None
         self._sources: list[int] = []
@@ -59,6 +76,8 @@ class RegionNode:
             mport = self.metrics.serve(host)
             self.metrics_address = f"[{host}]:{mport}" if ":" in host else f"{host}:{mport}"
             self.trainer.metrics = self.metrics
+            if self.trainer.restarts:
+                self.metrics.restarts.labels(run=self.run_id, region=str(self.id)).inc(self.trainer.restarts)
         return self.address
 
     def prepare(self, sources: list[int]) -> PeerInbox:
@@ -67,6 +86,10 @@ class RegionNode:
         self._sources = list(sources)
         self._declare_metrics([])
         return self.inbox
+
+    def _hang(self, seconds: float) -> None:
+        if self.servicer is not None:
+            self.servicer.pause_until = time.monotonic() + seconds
 
     def _unauthenticated(self) -> None:
         self.unauthenticated += 1
@@ -89,6 +112,7 @@ class RegionNode:
             max_message_bytes=ex.max_message_bytes,
             token=self._token,
             tls=self._tls,
+            resolve=self._resolve,
         )
         self.trainer.attach(transport, self.inbox)
 

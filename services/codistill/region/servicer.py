@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 import grpc
@@ -32,9 +33,17 @@ class RegionServicer(region_pb2_grpc.RegionServicer):
         self._status = status
         # Calls that reached a handler; authentication tests assert refused calls never do.
         self.entered = 0
+        # Chaos: until this monotonic time the handler does not answer (a hung region).
+        self.pause_until = 0.0
+
+    def _maybe_hang(self) -> None:
+        delay = self.pause_until - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
 
     def PushPredictions(self, request, context):
         self.entered += 1
+        self._maybe_hang()
         inbox = self._inbox()
         code, detail = None, ""
         try:

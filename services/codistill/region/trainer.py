@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -23,6 +24,7 @@ from codistill.data import to_float
 from codistill.losses import codistillation_loss, soften
 from codistill.metrics import MetricsSink, NullMetrics
 from codistill.models import build_model
+from codistill.region import checkpoint
 from codistill.region.inbox import PeerInbox, Pool, sample
 from codistill.region.messages import PredictionBatch, RegionState
 from codistill.region.transport import NullTransport, Transport
@@ -52,6 +54,8 @@ class RegionResult:
     bytes_received: int
     messages_received: dict[int, int]
     publish_failures: int
+    restarts: int
+    resumed_from: int
     train_seconds: float
     exchange_seconds: float
     test_probs: np.ndarray = field(repr=False)
@@ -90,6 +94,7 @@ class RegionTrainer:
         steps: int | None = None,
         exchange: bool = True,
         device: str | torch.device = "cpu",
+        checkpoint_dir: Path | None = None,
     ):
         self.id = region_id
         self.cfg = cfg
@@ -135,6 +140,12 @@ class RegionTrainer:
         self.eval_step = -1
         self._evals: list[tuple[int, float, np.ndarray]] = []  # (step, accuracy, test probs) not yet drained
         self.on_record: Callable[[dict[str, Any]], None] | None = None
+        self.checkpoint_dir = checkpoint_dir
+        self.start_step = 0
+        self.restarts = 0
+        self.liar = region_id in cfg.chaos.liars
+        # Called with a duration when chaos makes this region hang (the node pauses its handler too).
+        self.on_hang: Callable[[float], None] | None = None
 
     # ------------------------------------------------------------ wiring
     def attach(self, transport: Transport, inbox: PeerInbox | None) -> None:
@@ -156,6 +167,51 @@ class RegionTrainer:
         with self._records_lock:
             out, self._records = self._records, []
         return out
+
+    # ------------------------------------------------------- checkpoints
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "version": self.version,
+            "generator": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "bytes_sent": self.bytes_sent,
+            "publish_failures": self.publish_failures,
+            "exchange_seconds": self.exchange_seconds,
+            "peer_versions": {p: c.last_version for p, c in self.inbox.counters.items()} if self.inbox else {},
+            "restarts": self.restarts,
+        }
+
+    def save_checkpoint(self, step: int) -> None:
+        if self.checkpoint_dir is not None:
+            checkpoint.save(self.checkpoint_dir, step, self.checkpoint_state())
+            self.record("checkpoint", step=step)
+
+    def restore(self) -> int | None:
+        """Load the newest checkpoint, if any; returns the step training resumes at."""
+        if self.checkpoint_dir is None:
+            return None
+        state = checkpoint.load_latest(self.checkpoint_dir)
+        if state is None:
+            return None
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler and state["scheduler"]:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.version = state["version"]
+        self.bytes_sent = state["bytes_sent"]
+        self.publish_failures = state["publish_failures"]
+        self.exchange_seconds = state["exchange_seconds"]
+        if self.inbox is not None:
+            for peer, version in state["peer_versions"].items():
+                if peer in self.inbox.counters:
+                    self.inbox.counters[peer].last_version = version
+        self.start_step = self.step = int(state["step"])
+        return self.start_step
 
     # ---------------------------------------------------------- predict
     @torch.no_grad()
@@ -200,12 +256,12 @@ class RegionTrainer:
         start = time.perf_counter()
         ids = chunk_ids(len(self.x_transfer), ex.chunk_size, version, self.cfg.seed)
         probs = self.predict(self.x_transfer[ids.to(self.device)], self.cfg.distill.temperature).cpu()
+        if self.liar:  # chaos: a confident lie on the class this region finds least likely
+            probs = torch.nn.functional.one_hot(probs.argmin(1), probs.shape[1]).float()
         batch = PredictionBatch(self.run_id, self.id, version, self.step, ids, self.cfg.distill.temperature, probs)
         report = self.transport.publish(batch)
-        self.metrics.published(report.seconds, report.bytes_sent, report.delivered, report.failed)
+        self._account(report)
         self.version = version
-        self.bytes_sent += report.bytes_sent
-        self.publish_failures += len(report.failed)
         pool = None
         arrived = 0
         if ex.mode == "sync" and self.inbox is not None and self.inbox.sources:
@@ -227,6 +283,12 @@ class RegionTrainer:
         )
         return pool
 
+    def _account(self, report) -> None:
+        if report.delivered or report.failed:
+            self.metrics.published(report.seconds, report.bytes_sent, report.delivered, report.failed)
+        self.bytes_sent += report.bytes_sent
+        self.publish_failures += len([f for f in report.failed.values() if f != "BUSY"])
+
     def _distill_batch(self, pool: Pool | None) -> Pool | None:
         if pool is None or pool.empty:
             return None
@@ -240,14 +302,23 @@ class RegionTrainer:
         exchanging = self.exchange and not isinstance(self.transport, NullTransport)
         n = len(self.y_labeled)
         start = time.perf_counter()
+        resumed = self.restore()
+        if resumed is not None:
+            self.record("resume", from_step=resumed, restarts=self.restarts)
         self.state = RegionState.TRAINING
         pool: Pool | None = None
         self.model.train()
         stats = {"kl": [], "agree": []}
-        for step in range(self.steps):
+        chaos = cfg.chaos
+        every = cfg.fault.checkpoint_every
+        for step in range(self.start_step, self.steps):
             if self._stop.is_set():
                 break
             self.step = step
+            if chaos.hang_region == self.id and step == chaos.hang_at_step and chaos.hang_seconds > 0:
+                if self.on_hang:
+                    self.on_hang(chaos.hang_seconds)
+                self._stop.wait(chaos.hang_seconds)
             if self.inbox is not None:
                 self.inbox.clock = step
             if exchanging and step % ex.publish_interval == 0:
@@ -293,6 +364,8 @@ class RegionTrainer:
                 self.scheduler.step()
             self.last_losses = (sup.item(), dist.item())
             self.metrics.step(*self.last_losses)
+            if every and (step + 1) % every == 0 and step + 1 < self.steps:
+                self.save_checkpoint(step + 1)
             if (step + 1) % cfg.train.eval_every == 0 or step + 1 == self.steps:
                 acc, probs = self.evaluate()
                 self._log_eval(step + 1, acc, probs)
@@ -306,11 +379,13 @@ class RegionTrainer:
                     agreement=float(np.mean(stats["agree"])) if stats["agree"] else None,
                     bytes_sent=self.bytes_sent,
                     bytes_received=self.inbox.bytes_received() if self.inbox else 0,
+                    peer_age_steps={str(p): a for p, a in self.inbox.staleness(step).items()} if self.inbox else {},
                 )
                 stats = {"kl": [], "agree": []}
                 self._report_exchange()
         self.step = self.steps if not self._stop.is_set() else self.step
         self.state = RegionState.DRAINING
+        self._account(self.transport.flush())
         acc, probs = self.evaluate()
         if self.eval_step != self.step:  # stopped early: the last model was not evaluated yet
             self._log_eval(self.step, acc, probs)
@@ -331,6 +406,8 @@ class RegionTrainer:
             bytes_received=self.inbox.bytes_received() if self.inbox else 0,
             messages_received={p: c.messages for p, c in counters.items()},
             publish_failures=self.publish_failures,
+            restarts=self.restarts,
+            resumed_from=self.start_step,
             train_seconds=time.perf_counter() - start,
             exchange_seconds=self.exchange_seconds,
             test_probs=probs.cpu().numpy(),

@@ -21,6 +21,9 @@ class Transport(Protocol):
     def publish(self, batch: PredictionBatch) -> PublishReport:
         """Send one batch to every peer this region sends to."""
 
+    def flush(self, timeout_s: float | None = None) -> PublishReport:
+        """Wait for sends still in flight; report their outcomes."""
+
     def close(self) -> None:
         """Release connections."""
 
@@ -29,6 +32,9 @@ class NullTransport:
     """For strategies that never exchange."""
 
     def publish(self, batch: PredictionBatch) -> PublishReport:
+        return PublishReport()
+
+    def flush(self, timeout_s: float | None = None) -> PublishReport:
         return PublishReport()
 
     def close(self) -> None:
@@ -58,6 +64,9 @@ class InProcessTransport:
             report.bytes_sent += size
         report.seconds = time.perf_counter() - start
         return report
+
+    def flush(self, timeout_s: float | None = None) -> PublishReport:
+        return PublishReport()  # deliveries are synchronous
 
     def close(self) -> None:
         self.targets.clear()

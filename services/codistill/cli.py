@@ -37,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="codistill", description="Peer-to-peer co-distillation between Ray-actor regions over gRPC.")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="train regions and report their accuracy")
-    r.add_argument("config", help="YAML config (see configs/)")
+    r.add_argument("config", nargs="?", help="YAML config (see configs/); not with --resume")
+    r.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue a stopped or killed run from its folder and its regions' checkpoints")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set regions.count=8 (repeatable)")
     r.add_argument("--out", type=Path, help="output folder (default runs/<timestamp>-<name>/)")
@@ -78,14 +80,24 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         overrides = list(args.overrides)
         if args.metrics is not None:
             overrides.append(f"monitor.metrics={str(args.metrics).lower()}")
-        cfg = config_mod.load(args.config, overrides)
         compare = [s.strip() for s in args.compare.split(",") if s.strip()]
-        unknown = [s for s in compare if s not in STRATEGIES]
-        if unknown:
-            raise ConfigError(f"--compare: unknown strategy '{unknown[0]}' (expected one of {', '.join(STRATEGIES)})")
-        out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
-        if out.exists() and any(out.iterdir()) and not args.force:
-            raise ConfigError(f"output folder {out} already holds files; choose another --out or pass --force")
+        if args.resume is not None:
+            if args.config or compare or args.out:
+                raise ConfigError("--resume takes the config, strategies and folder of the run it continues; drop CONFIG, --compare and --out")
+            out = args.resume
+            if not (out / "state.json").is_file() or not (out / "config.yaml").is_file():
+                raise ConfigError(f"--resume: {out} is not the folder of a started codistill run (no state.json/config.yaml)")
+            cfg = config_mod.load(out / "config.yaml", overrides)
+        else:
+            if not args.config:
+                raise ConfigError("give a CONFIG file, or --resume RUN_DIR")
+            cfg = config_mod.load(args.config, overrides)
+            unknown = [s for s in compare if s not in STRATEGIES]
+            if unknown:
+                raise ConfigError(f"--compare: unknown strategy '{unknown[0]}' (expected one of {', '.join(STRATEGIES)})")
+            out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
+            if out.exists() and any(out.iterdir()) and not args.force:
+                raise ConfigError(f"output folder {out} already holds files; choose another --out or pass --force")
         _check_security(cfg)
         from codistill.launch import driver
 
@@ -107,7 +119,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     try:
         doc = driver.run(
             cfg, out, compare=compare, address=args.address,
-            on_progress=live.update if live else None, split=split,
+            on_progress=live.update if live else None, split=split, resume=args.resume is not None,
             announce=lambda line: console.print(line, highlight=False, soft_wrap=True),
         )
     except RegionError as exc:

@@ -105,7 +105,7 @@ class DistillConfig(_Strict):
 
 class ConsensusConfig(_Strict):
     # attention: GLOM-style weighting that trusts peers who agree with the region.
-    rule: Literal["mean", "attention", "confidence", "median", "trimmed_mean"] = "attention"
+    rule: Literal["mean", "attention", "confidence", "median", "trimmed_mean", "robust_attention"] = "attention"
     # Inverse temperature of the peer softmax; 0 makes attention/confidence a plain mean.
     beta: float = Field(5.0, ge=0)
     # Fraction trimmed at each end by trimmed_mean.
@@ -315,4 +315,7 @@ def load(path: str | Path | None, overrides: list[str] | None = None) -> RunConf
 
 
 def dump(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """YAML of the resolved config; a literal token is left out (use security.token_file to keep one)."""
+    doc = cfg.model_dump(mode="json")
+    doc["security"]["token"] = None
+    return yaml.safe_dump(doc, sort_keys=False)

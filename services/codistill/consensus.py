@@ -26,6 +26,7 @@ class Rule(str, Enum):
     CONFIDENCE = "confidence"
     MEDIAN = "median"
     TRIMMED_MEAN = "trimmed_mean"
+    ROBUST_ATTENTION = "robust_attention"
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,12 @@ def peer_weights(
         scores = beta * similarity(own, peers)
     elif rule is Rule.CONFIDENCE:
         scores = -beta * entropy(peers)
+    elif rule is Rule.ROBUST_ATTENTION:
+        # Query with the peers' coordinate-wise median instead of the region's own view:
+        # a minority of liars cannot move the median, and a region that never saw a
+        # class still listens to the peers that agree with the crowd about it.
+        center = _renormalise(_median(peers, mask), mask.any(0))
+        scores = beta * similarity(center, peers)
     else:
         raise ValueError(f"{rule.value} is not a weighted rule")
     return masked_softmax(scores, mask)

@@ -98,3 +98,56 @@ def test_hung_peer_does_not_stall_the_others(local_ray, tiny_cfg, tmp_path):
     assert any(r["kind"] == "publish" and r["region"] == 0 and 3 in r["failed"] for r in records)
     ages = [r["peer_age_steps"]["3"] for r in records if r["kind"] == "eval" and r["region"] == 0]
     assert max(ages) > 10 * cfg.exchange.publish_interval, ages
+
+
+def test_driver_killed_then_resumed(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "run"
+    args = [
+        sys.executable, "-m", "codistill", "run", str(root / "configs" / "quickstart.yaml"), "--out", str(out), "--quiet",
+        "--set", "regions.count=4", "--set", "train.steps=1500", "--set", "fault.checkpoint_every=50",
+        "--set", "train.eval_every=100",
+    ]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    folders = [out / "checkpoints" / "codistill" / f"region-{i}" for i in range(4)]
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not all(len(list(f.glob("step-*.pt"))) >= 2 for f in folders):
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)  # the driver dies mid-run...
+    proc.wait()
+    time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)  # ...and so does the local Ray it started
+
+    def newest():
+        return {i: max(int(p.name[5:14]) for p in f.glob("step-*.pt")) for i, f in enumerate(folders)}
+
+    # Orphaned workers may finish a step or two; wait until nothing writes any more.
+    saved, quiet_since = newest(), time.monotonic()
+    while time.monotonic() - quiet_since < 3:
+        time.sleep(0.5)
+        if newest() != saved:
+            saved, quiet_since = newest(), time.monotonic()
+    assert not (out / "results.json").exists()
+    assert all(step < 1500 for step in saved.values())
+
+    res = subprocess.run([sys.executable, "-m", "codistill", "run", "--resume", str(out), "--quiet"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = json.loads((out / "results.json").read_text())
+    for r in doc["regions"]:
+        assert r["steps"] == 1500
+        # Resumed exactly at its newest checkpoint: nothing before it is redone.
+        assert r["resumed_from"] == saved[r["id"]]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(r["region"] for r in records if r["kind"] == "resume") == [0, 1, 2, 3]
+
+
+def test_resume_needs_a_run_folder(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "codistill", "run", "--resume", str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode == 2 and "not the folder of a started codistill run" in res.stdout

@@ -91,3 +91,11 @@ def test_weight_cap_limits_every_peer_and_keeps_sum():
 def test_shapes_are_checked():
     with pytest.raises(ValueError, match="expected own"):
         consensus(Rule.MEAN, torch.ones(2, 3), torch.ones(2, 3), torch.ones(2, 2, dtype=torch.bool))
+
+
+def test_robust_attention_discounts_liars():
+    honest = torch.tensor([0.7, 0.2, 0.1]).expand(4, 1, 3).clone()
+    liar = torch.tensor([[[0.0, 0.0, 1.0]]])
+    peers = torch.cat([honest, liar, liar])
+    c = consensus("robust_attention", torch.full((1, 3), 1 / 3), peers, torch.ones(6, 1, dtype=torch.bool), beta=10.0)
+    assert c.weights[4:].sum() < 0.01 and c.target[0].argmax() == 0

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -117,17 +118,10 @@ def run_strategy(
     )
 
 
-@dataclass
-class RunOutput:
-    out_dir: Path
-    results: dict[str, StrategyResult] = field(default_factory=dict)
-
-
-def write_results(out_dir: Path, cfg: RunConfig, run_id: str, split: Split, results: dict[str, StrategyResult]) -> dict:
-    main = results[cfg.strategy]
+def write_results(out_dir: Path, cfg: RunConfig, run_id: str, split: Split, summaries: dict[str, dict]) -> dict:
     doc = {
         "run_id": run_id,
-        **main.summary(),
+        **summaries[cfg.strategy],
         "dataset": {
             "name": split.dataset.name,
             "train": int(len(split.dataset.train.y)),
@@ -138,12 +132,34 @@ def write_results(out_dir: Path, cfg: RunConfig, run_id: str, split: Split, resu
         },
         "config": cfg.model_dump(mode="json"),
     }
-    if len(results) > 1:
-        doc["compare"] = {name: r.summary() for name, r in results.items()}
-    tmp = out_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(out_dir / "results.json")
+    if len(summaries) > 1:
+        doc["compare"] = dict(summaries)
+    _write_json(out_dir / "results.json", doc)
     return doc
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(path)
+
+
+STATE_FILE = "state.json"
+
+
+class ResumeError(ValueError):
+    pass
+
+
+def load_state(out_dir: Path) -> dict:
+    """What `--resume` needs: run id, strategy order, finished strategies' summaries."""
+    path = out_dir / STATE_FILE
+    if not path.is_file():
+        raise ResumeError(f"{out_dir} has no {STATE_FILE}: not a codistill run folder, or it never started")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise ResumeError(f"{path} is damaged") from None
 
 
 def run(
@@ -155,16 +171,29 @@ def run(
     on_progress: Callable[[str, list[dict]], None] | None = None,
     split: Split | None = None,
     announce: Callable[[str], None] | None = None,
+    resume: bool = False,
 ) -> dict:
-    """Run cfg.strategy (and each of `compare`) on one split; write results into out_dir."""
+    """Run cfg.strategy (and each of `compare`) on one split; write results into out_dir.
+
+    With `resume`, continue the run recorded in out_dir: finished strategies are
+    kept, and regions of the unfinished one restore their latest checkpoints.
+    """
     split = split or prepare(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(config_mod.dump(cfg))
-    run_id = new_run_id(cfg.name)
-    strategies = [cfg.strategy] + [s for s in (compare or []) if s != cfg.strategy]
-    results: dict[str, StrategyResult] = {}
-    with open(out_dir / "metrics.jsonl", "w") as metrics:
-        for strategy in strategies:
+    if resume:
+        state = load_state(out_dir)
+    else:
+        strategies = [cfg.strategy] + [s for s in (compare or []) if s != cfg.strategy]
+        state = {"run_id": new_run_id(cfg.name), "strategies": strategies, "done": {}}
+        # A fresh run must never resume from checkpoints another run left here (--force).
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+        (out_dir / "config.yaml").write_text(config_mod.dump(cfg))
+        _write_json(out_dir / STATE_FILE, state)
+    run_id = state["run_id"]
+    with open(out_dir / "metrics.jsonl", "a" if resume else "w") as metrics:
+        for strategy in state["strategies"]:
+            if strategy in state["done"]:
+                continue
 
             def progress(snapshots: list[dict], run_records: list[dict], strategy: str = strategy) -> None:
                 for rec in [r for snap in snapshots for r in snap["records"]] + run_records:
@@ -173,7 +202,9 @@ def run(
                 if on_progress:
                     on_progress(strategy, snapshots)
 
-            results[strategy] = run_strategy(
+            result = run_strategy(
                 cfg, split, strategy, run_id, address=address, on_progress=progress, out_dir=out_dir, announce=announce
             )
-    return write_results(out_dir, cfg, run_id, split, results)
+            state["done"][strategy] = result.summary()
+            _write_json(out_dir / STATE_FILE, state)
+    return write_results(out_dir, cfg, run_id, split, {s: state["done"][s] for s in state["strategies"]})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -75,7 +76,9 @@ class RegionActor:
         if device == "auto":
             device = "cuda" if cfg.regions.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         self.plan, self.host, self.directory = plan, host, directory
-        restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        with warnings.catch_warnings():  # the property warns about an unrelated deprecation
+            warnings.simplefilter("ignore")
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
         restarts = 0
         if restarted:
             last = checkpoint.load_latest(checkpoint_dir) if checkpoint_dir else None

@@ -180,7 +180,9 @@ class RegionTrainer:
             "bytes_sent": self.bytes_sent,
             "publish_failures": self.publish_failures,
             "exchange_seconds": self.exchange_seconds,
-            "peer_versions": {p: c.last_version for p, c in self.inbox.counters.items()} if self.inbox else {},
+            "peer_counters": {p: (c.last_version, c.messages, c.bytes) for p, c in self.inbox.counters.items()}
+            if self.inbox
+            else {},
             "restarts": self.restarts,
         }
 
@@ -207,9 +209,10 @@ class RegionTrainer:
         self.publish_failures = state["publish_failures"]
         self.exchange_seconds = state["exchange_seconds"]
         if self.inbox is not None:
-            for peer, version in state["peer_versions"].items():
+            for peer, (version, messages, nbytes) in state["peer_counters"].items():
                 if peer in self.inbox.counters:
-                    self.inbox.counters[peer].last_version = version
+                    c = self.inbox.counters[peer]
+                    c.last_version, c.messages, c.bytes = version, c.messages + messages, c.bytes + nbytes
         self.start_step = self.step = int(state["step"])
         return self.start_step
 

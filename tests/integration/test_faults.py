@@ -5,6 +5,7 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -45,6 +46,11 @@ def test_region_killed_mid_run_resumes_from_its_checkpoint(local_ray, tiny_cfg, 
             pid = ray.get(actors[victim].pid.remote())
             os.kill(pid, signal.SIGKILL)
             killed["pid"] = pid
+            # The restarted region serves metrics on a new port; its restart counter reads 1.
+            address = ray.get(actors[victim].metrics_address.remote(), timeout=60)
+            body = urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read().decode()
+            killed["metric"] = [line for line in body.splitlines() if line.startswith("codistill_restarts_total")]
+            killed["new_pid"] = ray.get(actors[victim].pid.remote())
 
         threading.Thread(target=killer, daemon=True).start()
 
@@ -54,6 +60,8 @@ def test_region_killed_mid_run_resumes_from_its_checkpoint(local_ray, tiny_cfg, 
     )
     crashed = driver.run(cfg, tmp_path / "crash")
     assert "pid" in killed, "the region was never killed"
+    assert killed["new_pid"] != killed["pid"]
+    assert len(killed["metric"]) == 1 and killed["metric"][0].endswith(" 1.0"), killed["metric"]
 
     region = crashed["regions"][victim]
     assert region["restarts"] == 1
@@ -65,6 +73,10 @@ def test_region_killed_mid_run_resumes_from_its_checkpoint(local_ray, tiny_cfg, 
     records = [json.loads(line) for line in (tmp_path / "crash" / "metrics.jsonl").read_text().splitlines()]
     resumes = [r for r in records if r["kind"] == "resume"]
     assert [r["region"] for r in resumes] == [victim] and resumes[0]["from_step"] >= last_checkpoint
+    # Peers found the restarted region at its new address and delivered to it again.
+    after = [r for r in records if r["kind"] == "publish" and r["region"] != victim and r["time"] > resumes[0]["time"] + 5]
+    assert after and any(r["delivered"] == 3 for r in after)
+    assert crashed["regions"][victim]["bytes_received"] > 0
 
 
 def test_hung_peer_does_not_stall_the_others(local_ray, tiny_cfg, tmp_path):

@@ -79,6 +79,17 @@ def test_region_killed_mid_run_resumes_from_its_checkpoint(local_ray, tiny_cfg, 
     assert crashed["regions"][victim]["bytes_received"] > 0
 
 
+def _evals(run_dir, region):
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if r["kind"] == "eval" and r["region"] == region]
+
+
+def _rate(evals, t_from=float("-inf"), t_to=float("inf")):
+    inside = [r for r in evals if t_from <= r["time"] <= t_to]
+    assert len(inside) >= 3, "too few evaluations in the window"
+    return (inside[-1]["step"] - inside[0]["step"]) / (inside[-1]["time"] - inside[0]["time"])
+
+
 def test_hung_peer_does_not_stall_the_others(local_ray, tiny_cfg, tmp_path):
     cfg = tiny_cfg.model_copy(deep=True)
     cfg.regions.count = 4
@@ -86,29 +97,28 @@ def test_hung_peer_does_not_stall_the_others(local_ray, tiny_cfg, tmp_path):
     cfg.exchange.mode = "async"
     cfg.exchange.rpc_timeout_s = 1.0
     cfg.exchange.publish_interval = 5
-    cfg.train.steps = 300
+    cfg.train.steps = 2500
     cfg.train.eval_every = 50
     cfg.fault.checkpoint_every = 0
     normal = driver.run(cfg, tmp_path / "normal")
     hung_cfg = cfg.model_copy(deep=True)
     hung_cfg.chaos.hang_region = 3
-    hung_cfg.chaos.hang_at_step = 20
-    hung_cfg.chaos.hang_seconds = 15.0
+    hung_cfg.chaos.hang_at_step = 300
+    hung_cfg.chaos.hang_seconds = 8.0
     hung = driver.run(hung_cfg, tmp_path / "hung")
 
-    def rate(doc, region):
-        r = doc["regions"][region]
-        return r["steps"] / r["train_seconds"]
-
+    # The hang starts when region 3 reaches step 300; measure once the deadline has passed.
+    t_hang = next(r["time"] for r in _evals(tmp_path / "hung", 3) if r["step"] == 300)
+    window = (t_hang + 2 * cfg.exchange.rpc_timeout_s, t_hang + hung_cfg.chaos.hang_seconds)
     for region in range(3):
-        assert rate(hung, region) >= 0.8 * rate(normal, region), (rate(hung, region), rate(normal, region))
+        during = _rate(_evals(tmp_path / "hung", region), *window)
+        usual = _rate(_evals(tmp_path / "normal", region))
+        assert during >= 0.8 * usual, (region, during, usual)
         # Pushes to the hung region failed by deadline or were skipped, and were counted.
         assert hung["regions"][region]["publish_failures"] > 0
-    # The others saw the hung region's predictions go stale: none arrived while it slept.
-    records = [json.loads(line) for line in (tmp_path / "hung" / "metrics.jsonl").read_text().splitlines()]
     assert hung["regions"][0]["messages_received"]["3"] < normal["regions"][0]["messages_received"]["3"]
-    assert any(r["kind"] == "publish" and r["region"] == 0 and 3 in r["failed"] for r in records)
-    ages = [r["peer_age_steps"]["3"] for r in records if r["kind"] == "eval" and r["region"] == 0]
+    # Its staleness is visible: peer_age_steps feeds codistill_peer_prediction_age_steps.
+    ages = [r["peer_age_steps"]["3"] for r in _evals(tmp_path / "hung", 0)]
     assert max(ages) > 10 * cfg.exchange.publish_interval, ages
 
 

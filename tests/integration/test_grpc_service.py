@@ -63,6 +63,11 @@ CASES = {
     "nan": (dict(probs=_tensor([float("nan")] * 5 * C, [5, C])), grpc.StatusCode.INVALID_ARGUMENT),
     "wrong shape": (dict(probs=_tensor([0.25] * 3 * C, [3, C])), grpc.StatusCode.INVALID_ARGUMENT),
     "wrong class count": (dict(probs=_tensor([0.2] * 5 * 5, [5, 5])), grpc.StatusCode.INVALID_ARGUMENT),
+    "inf": (dict(probs=_tensor([float("inf")] + [0.0] * (5 * C - 1), [5, C])), grpc.StatusCode.INVALID_ARGUMENT),
+    "negative": (dict(probs=_tensor([1.5, -0.5, 0.0, 0.0] * 5, [5, C])), grpc.StatusCode.INVALID_ARGUMENT),
+    "rows not summing to 1": (dict(probs=_tensor([0.5] * 5 * C, [5, C])), grpc.StatusCode.INVALID_ARGUMENT),
+    "duplicate sample ids": (dict(sample_ids=[0, 1, 1, 2, 3]), grpc.StatusCode.INVALID_ARGUMENT),
+    "negative temperature": (dict(temperature=-1.0), grpc.StatusCode.INVALID_ARGUMENT),
     "bytes do not match dtype": (
         dict(probs=region_pb2.Tensor(dtype=region_pb2.DTYPE_FLOAT16, shape=[5, C], data=b"\0" * 5 * C * 4)),
         grpc.StatusCode.INVALID_ARGUMENT,

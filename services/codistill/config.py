@@ -13,8 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-Strategy = Literal["codistill", "independent", "centralized"]
-STRATEGIES: tuple[str, ...] = ("codistill", "independent", "centralized")
+Strategy = Literal["codistill", "independent", "centralized", "fedavg"]
+STRATEGIES: tuple[str, ...] = ("codistill", "independent", "centralized", "fedavg")
 
 
 class ConfigError(ValueError):
@@ -138,6 +138,8 @@ class ExchangeConfig(_Strict):
     dtype: Literal["float16", "float32"] = "float16"
     # Explicit gRPC message cap on both sides (bytes).
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # fedavg: steps between weight averages (the weight-sharing baseline).
+    average_every: int = Field(50, ge=1)
     # Interface regions bind; auto = loopback for a local Ray, the node address on a cluster.
     host: str = "auto"
 
@@ -245,6 +247,8 @@ class RunConfig(_Strict):
         bad = [r for r in self.chaos.liars + ([self.chaos.hang_region] if self.chaos.hang_region is not None else []) if not 0 <= r < n]
         if bad:
             raise ValueError(f"chaos names regions {bad} outside 0..{n - 1}")
+        if self.strategy == "fedavg" and self.regions.models and len(set(self.regions.models)) > 1:
+            raise ValueError("strategy fedavg averages weights and needs one architecture; regions.models mixes several")
         if self.exchange.topology == "random-k" and n > 1 and self.exchange.k > n - 1:
             raise ValueError(f"exchange.k={self.exchange.k} exceeds the {n - 1} other regions")
         return self

@@ -53,3 +53,28 @@ def test_async_mode_and_ring(tiny_cfg, tmp_path):
     for r in doc["regions"]:
         assert set(r["messages_received"]) == {str((r["id"] - 1) % 3), str((r["id"] + 1) % 3)}
     assert np.mean([r["test_accuracy"] for r in doc["regions"]]) > 0.3
+
+
+def test_fedavg_averages_weights_and_counts_parameter_bytes(tiny_cfg, tmp_path):
+    from codistill.models import build_model, parameter_bytes
+
+    cfg = tiny_cfg.model_copy(deep=True)
+    cfg.exchange.average_every = 20
+    doc = driver.run(cfg, tmp_path, compare=["fedavg", "independent"])
+    fed = doc["compare"]["fedavg"]
+    rounds = cfg.train.steps // cfg.exchange.average_every
+    per_round = parameter_bytes(build_model("mlp", (1, 8, 8), 4, cfg.regions.hidden))
+    for r in fed["regions"]:
+        assert r["bytes_sent"] == r["bytes_received"] == rounds * per_round
+    # The last step averaged: every region ends with the same model, so the same accuracy.
+    assert len({r["test_accuracy"] for r in fed["regions"]}) == 1
+    assert fed["mean_test_accuracy"] > doc["compare"]["independent"]["mean_test_accuracy"]
+
+
+def test_fedavg_refuses_mixed_architectures(tiny_cfg):
+    import pytest
+
+    from codistill import config
+
+    with pytest.raises(config.ConfigError, match="one architecture"):
+        config.from_dict({**tiny_cfg.model_dump(mode="json"), "strategy": "fedavg", "regions": {"count": 2, "models": ["mlp", "cnn"]}})

@@ -14,6 +14,7 @@ import torch
 
 from codistill.config import RunConfig
 from codistill.data import Split
+from codistill.launch.fedavg import WeightAverager
 from codistill.launch.monitor import RunMonitor
 from codistill.launch.plan import RegionPlan, region_data
 from codistill.region.messages import RegionError
@@ -39,6 +40,10 @@ def run_inprocess(
         )
         for p in plans
     ]
+    if any(p.average for p in plans):
+        averager = WeightAverager([len(p.labeled) for p in plans])
+        for node in nodes:
+            node.trainer.average_weights = averager.average
     for node, p in zip(nodes, plans):
         node.prepare(p.receives_from)
     for node, p in zip(nodes, plans):

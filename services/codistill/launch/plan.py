@@ -1,7 +1,8 @@
 """Turn a config and a split into the regions a strategy runs.
 
-`codistill` and `independent` run one region per labeled slice; the first
-exchanges predictions, the second never does. `centralized` runs a single
+`codistill`, `independent` and `fedavg` run one region per labeled slice;
+the first exchanges predictions, the second never exchanges, the third
+averages weights every `exchange.average_every` steps. `centralized` runs a single
 model on the pooled labeled data with the same total number of steps as all
 regions together, the usual upper reference.
 """
@@ -23,21 +24,25 @@ class RegionPlan:
     id: int
     arch: str
     steps: int
-    exchange: bool
+    exchange: bool  # publishes predictions (codistill)
     labeled: np.ndarray  # indices into split.dataset.train
     sends_to: list[int]
     receives_from: list[int]
+    average: bool = False  # averages weights with all regions (fedavg)
 
 
 def plan_regions(cfg: RunConfig, split: Split, strategy: str) -> list[RegionPlan]:
+    if strategy == "fedavg" and cfg.regions.models and len(set(cfg.regions.models)) > 1:
+        raise ValueError("fedavg needs one architecture for all regions")
     if strategy == "centralized":
         return [RegionPlan(0, cfg.regions.architecture(0), cfg.train.steps * cfg.regions.count, False, split.labeled, [], [])]
     n = cfg.regions.count
     exchange = strategy == "codistill" and n > 1
     graph = topology.neighbours(cfg.exchange.topology, n, cfg.exchange.k, cfg.seed) if exchange else {i: [] for i in range(n)}
     inbound = topology.sources(graph)
+    average = strategy == "fedavg" and n > 1
     return [
-        RegionPlan(i, cfg.regions.architecture(i), cfg.train.steps, exchange, split.slices[i], graph[i], inbound[i])
+        RegionPlan(i, cfg.regions.architecture(i), cfg.train.steps, exchange, split.slices[i], graph[i], inbound[i], average)
         for i in range(n)
     ]
 

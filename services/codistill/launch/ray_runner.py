@@ -19,6 +19,7 @@ import torch
 
 from codistill.config import RunConfig
 from codistill.data import Split
+from codistill.launch.fedavg import WeightAverager
 from codistill.launch.loopback import keep_local_ray_on_loopback
 from codistill.launch.monitor import RunMonitor
 from codistill.launch.plan import RegionPlan, region_data
@@ -66,6 +67,7 @@ class RegionActor:
         host: str | None,
         directory,
         checkpoint_dir: Path | None,
+        hub,
         *arrays,
     ):
         # Arrays arrive as top-level arguments so Ray resolves the shared ObjectRefs.
@@ -87,6 +89,8 @@ class RegionActor:
             region_id, cfg, data, run_id=run_id, arch=plan.arch, steps=plan.steps, exchange=plan.exchange,
             device=resolve_device(device), checkpoint_dir=checkpoint_dir, restarts=restarts, resolve=self._lookup,
         )
+        if plan.average:
+            self.node.trainer.average_weights = lambda r, k, state: ray.get(hub.average.remote(r, k, state))
         if restarted:
             self.serve(host)
             self.prepare(plan.receives_from)
@@ -168,6 +172,9 @@ def run_on_ray(
         max_task_retries=restarts,  # run() resumes from the checkpoint on the restarted actor
     )
     directory = ray.remote(RegionDirectory).options(num_cpus=0).remote()
+    hub = None
+    if any(p.average for p in plans):
+        hub = ray.remote(WeightAverager).options(num_cpus=0, max_concurrency=len(plans) + 2).remote([len(p.labeled) for p in plans])
     shared = {k: ray.put(v) for k, v in (("transfer", split.dataset.train.x[split.transfer]), ("test_x", split.dataset.test.x), ("test_y", split.dataset.test.y))}
     actors = []
     for p in plans:
@@ -175,7 +182,7 @@ def run_on_ray(
         # Shared arrays go through the object store once, not once per region.
         arrays = (d.x_labeled, d.y_labeled, shared["transfer"], shared["test_x"], shared["test_y"], d.num_classes)
         ckpt = checkpoints / f"region-{p.id}" if checkpoints else None
-        actors.append(remote.remote(p.id, cfg, run_id, p, host, directory, ckpt, *arrays))
+        actors.append(remote.remote(p.id, cfg, run_id, p, host, directory, ckpt, hub, *arrays))
     try:
         addresses = _gather([a.serve.remote(host) for a in actors], plans)
         _gather([a.prepare.remote(p.receives_from) for a, p in zip(actors, plans)], plans)

@@ -144,6 +144,9 @@ class RegionTrainer:
         self.start_step = 0
         self.restarts = 0
         self.liar = region_id in cfg.chaos.liars
+        # fedavg baseline: called with (region, round, weights), returns the average of all regions.
+        self.average_weights: Callable[[int, int, dict], dict] | None = None
+        self.weight_bytes = 0  # fedavg: parameter bytes sent (= received) so far
         # Called with a duration when chaos makes this region hang (the node pauses its handler too).
         self.on_hang: Callable[[float], None] | None = None
 
@@ -180,6 +183,7 @@ class RegionTrainer:
             "bytes_sent": self.bytes_sent,
             "publish_failures": self.publish_failures,
             "exchange_seconds": self.exchange_seconds,
+            "weight_bytes": self.weight_bytes,
             "peer_counters": {p: (c.last_version, c.messages, c.bytes) for p, c in self.inbox.counters.items()}
             if self.inbox
             else {},
@@ -208,6 +212,7 @@ class RegionTrainer:
         self.bytes_sent = state["bytes_sent"]
         self.publish_failures = state["publish_failures"]
         self.exchange_seconds = state["exchange_seconds"]
+        self.weight_bytes = state.get("weight_bytes", 0)
         if self.inbox is not None:
             for peer, (version, messages, nbytes) in state["peer_counters"].items():
                 if peer in self.inbox.counters:
@@ -292,6 +297,14 @@ class RegionTrainer:
         self.bytes_sent += report.bytes_sent
         self.publish_failures += len([f for f in report.failed.values() if f != "BUSY"])
 
+    def _average(self, step: int) -> None:
+        start = time.perf_counter()
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        averaged = self.average_weights(self.id, step // self.cfg.exchange.average_every, state)
+        self.model.load_state_dict(averaged)
+        self.weight_bytes += sum(v.numel() * v.element_size() for v in state.values())
+        self.exchange_seconds += time.perf_counter() - start
+
     def _distill_batch(self, pool: Pool | None) -> Pool | None:
         if pool is None or pool.empty:
             return None
@@ -367,6 +380,8 @@ class RegionTrainer:
                 self.scheduler.step()
             self.last_losses = (sup.item(), dist.item())
             self.metrics.step(*self.last_losses)
+            if self.average_weights is not None and (step + 1) % ex.average_every == 0:
+                self._average(step + 1)
             if every and (step + 1) % every == 0 and step + 1 < self.steps:
                 self.save_checkpoint(step + 1)
             if (step + 1) % cfg.train.eval_every == 0 or step + 1 == self.steps:
@@ -405,8 +420,8 @@ class RegionTrainer:
             labeled_samples=n,
             test_accuracy=acc,
             per_class_recall=recall,
-            bytes_sent=self.bytes_sent,
-            bytes_received=self.inbox.bytes_received() if self.inbox else 0,
+            bytes_sent=self.bytes_sent + self.weight_bytes,
+            bytes_received=(self.inbox.bytes_received() if self.inbox else 0) + self.weight_bytes,
             messages_received={p: c.messages for p, c in counters.items()},
             publish_failures=self.publish_failures,
             restarts=self.restarts,

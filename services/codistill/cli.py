@@ -2,6 +2,7 @@
 
   codistill run CONFIG [--set key=value ...] [--out DIR] [--compare S1,S2] [--address ADDR] [--force]
   codistill report RUN_DIR
+  codistill bench SUITE.yaml [--out DIR] [--seeds N]
   codistill certs DIR --regions N
 
 Exit codes: 0 success, 1 a run failed, 2 bad input (nothing was started).
@@ -55,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     cert.add_argument("--host", action="append", default=[], help="extra DNS name or IP the certificates name (repeatable)")
     cert.add_argument("--days", type=int, default=365, help="validity in days")
     cert.add_argument("--force", action="store_true", help="replace existing certificates in FOLDER")
+    b = sub.add_parser("bench", help="run a benchmark suite: strategies x settings on identical splits")
+    b.add_argument("suite", type=Path, help="suite YAML (see benchmarks/suites/)")
+    b.add_argument("--out", type=Path, help="output folder (default runs/bench-<suite name>/); finished cells are reused")
+    b.add_argument("--seeds", type=int, help="seeds per row, overriding the suite")
     rep = sub.add_parser("report", help="plot convergence curves of a finished run into RUN_DIR/plots/")
     rep.add_argument("run_dir", type=Path)
     return p
@@ -142,6 +147,22 @@ def main(argv: list[str] | None = None) -> int:
         console = Console(width=140)
     if args.command == "run":
         return cmd_run(args, console)
+    if args.command == "bench":
+        from codistill.bench import load_suite, run_bench
+
+        try:
+            suite = load_suite(args.suite)
+            if args.seeds is not None and args.seeds < 1:
+                raise ConfigError("--seeds must be at least 1")
+        except ConfigError as exc:
+            return _fail(console, str(exc), EXIT_USAGE)
+        out = args.out or Path("runs") / f"bench-{suite.name}"
+        try:
+            run_bench(args.suite, out, args.seeds, announce=lambda line: console.print(line, highlight=False))
+        except RegionError as exc:
+            return _fail(console, str(exc), EXIT_FAILED)
+        console.print(f"bench: {out / 'bench.json'}  report: {out / 'report.md'}", highlight=False)
+        return 0
     if args.command == "certs":
         from codistill.certs import CertsError, make_certs
 

@@ -86,10 +86,30 @@ def _cell_id(row: str, spec: str, seed: int) -> str:
     return f"{row}__{spec.replace(':', '-')}__seed{seed}"
 
 
+def _extras(cfg: config_mod.RunConfig, summary: dict) -> dict[str, float]:
+    """Row-specific measures: honest regions' accuracy under lies, hidden-class recall under omit."""
+    regions = summary["regions"]
+    extras: dict[str, float] = {}
+    if cfg.chaos.liars and summary["strategy"] != "centralized":
+        extras["honest_mean_test_accuracy"] = float(
+            np.mean([r["test_accuracy"] for r in regions if r["id"] not in cfg.chaos.liars])
+        )
+    if cfg.data.partition.kind == "omit" and summary["strategy"] != "centralized":
+        blind = set(cfg.omit_regions())
+        for label, group in (("blind", [r for r in regions if r["id"] in blind]), ("seeing", [r for r in regions if r["id"] not in blind])):
+            if group:
+                extras[f"hidden_recall_{label}"] = float(
+                    np.mean([np.mean([r["per_class_recall"][c] for c in cfg.data.partition.omit_classes]) for r in group])
+                )
+    return extras
+
+
 def _aggregate(cells: list[dict]) -> dict[str, Any]:
     def stat(key: str) -> dict[str, float]:
         values = np.array([c[key] for c in cells], dtype=float)
         return {"mean": float(values.mean()), "std": float(values.std())}
+
+    extra_keys = sorted({k for c in cells for k in c.get("extras", {})})
 
     per_region_sent = [np.mean([r["bytes_sent"] for r in c["regions"]]) for c in cells]
     per_region_received = [np.mean([r["bytes_received"] for r in c["regions"]]) for c in cells]
@@ -102,6 +122,10 @@ def _aggregate(cells: list[dict]) -> dict[str, Any]:
         "bytes_sent_per_region": float(np.mean(per_region_sent)),
         "bytes_received_per_region": float(np.mean(per_region_received)),
         "wall_seconds": stat("wall_seconds"),
+        "exchange_seconds_per_region": float(np.mean([np.mean([r["exchange_seconds"] for r in c["regions"]]) for c in cells])),
+        "train_seconds_per_region": float(np.mean([np.mean([r["train_seconds"] for r in c["regions"]]) for c in cells])),
+        "peak_rss_bytes": float(np.max([max(r["peak_rss_bytes"] for r in c["regions"]) for c in cells])),
+        **{k: {"mean": float(np.mean([c["extras"][k] for c in cells])), "std": float(np.std([c["extras"][k] for c in cells]))} for k in extra_keys},
     }
 
 
@@ -136,6 +160,7 @@ def run_bench(
                 started = time.perf_counter()
                 result = driver.run_strategy(cfg, split, cfg.strategy, driver.new_run_id(cfg.name))
                 summary = result.summary()
+                summary["extras"] = _extras(cfg, summary)
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(summary))
                 tmp.replace(path)

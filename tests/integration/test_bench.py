@@ -37,11 +37,15 @@ def test_smoke_suite_structure_and_sanity(tmp_path):
             else:
                 assert cell["bytes_sent_per_region"] == 0 and cell["bytes_received_per_region"] == 0, spec
     assert (out / "report.md").read_text().count("| codistill:attention |") == 2
+    lying = doc["rows"]["omit-class-1-lying"]["codistill:median"]
+    assert 0 <= lying["honest_mean_test_accuracy"]["mean"] <= 1
+    assert {"hidden_recall_blind", "hidden_recall_seeing"} <= set(lying)
+    assert lying["peak_rss_bytes"] > 0
     assert (out / "plots" / "accuracy.png").stat().st_size > 10_000
 
     # Interrupted or repeated suites reuse finished cells.
     again = bench(str(SMOKE), "--out", str(out), cwd=tmp_path)
-    assert again.returncode == 0 and again.stdout.count(": cached") == 8
+    assert again.returncode == 0 and again.stdout.count(": cached") == 10
     assert json.loads((out / "bench.json").read_text())["rows"] == doc["rows"]
 
 

@@ -58,12 +58,20 @@ class RegionResult:
     resumed_from: int
     train_seconds: float
     exchange_seconds: float
+    peak_rss_bytes: int  # of the hosting process (in-process runs share one)
     test_probs: np.ndarray = field(repr=False)
 
     def summary(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "test_probs"}
         d["messages_received"] = {str(k): v for k, v in self.messages_received.items()}
         return d
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -428,5 +436,6 @@ class RegionTrainer:
             resumed_from=self.start_step,
             train_seconds=time.perf_counter() - start,
             exchange_seconds=self.exchange_seconds,
+            peak_rss_bytes=peak_rss_bytes(),
             test_probs=probs.cpu().numpy(),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import threading
@@ -67,11 +68,16 @@ def get_status(
 class GrpcTransport:
     """Pushes each batch to all peers without waiting for them.
 
-    Every call has a deadline. A peer whose previous call is still in flight
-    is skipped (counted as BUSY), so a hung peer costs its senders nothing but
-    that one call. Outcomes arrive by callback and are reported by the next
-    `publish` (or by `flush`). When a peer stays UNAVAILABLE, its address is
-    looked up again through `resolve`, so a restarted region is found.
+    Every call has a deadline. Each peer gets its messages one at a time and
+    in order: while a call to a peer is in flight, newer messages wait in a
+    small per-peer queue and go out from the completion callback. With
+    `keep_all` (sync rounds) every round is queued; otherwise only the newest
+    message waits (stale predictions are worth less than fresh ones). A queue
+    that overflows drops its oldest message and counts it as DROPPED, so a hung
+    peer costs its senders nothing but memory for a few messages. Outcomes
+    arrive by callback and are reported by the next `publish` (or by `flush`).
+    When a peer stays UNAVAILABLE, its address is looked up again through
+    `resolve`, so a restarted region is found.
     """
 
     def __init__(
@@ -84,19 +90,36 @@ class GrpcTransport:
         token: str | None = None,
         tls: TlsFiles | None = None,
         resolve: Callable[[int], str | None] | None = None,
+        keep_all: bool = True,
+        max_queued: int = 8,
     ):
         self.dtype = dtype
         self.rpc_timeout_s = rpc_timeout_s
         self._max_message_bytes = max_message_bytes
         self._tls = tls
         self._resolve = resolve
+        self._keep_all = keep_all
+        self._max_queued = max_queued
         self._metadata = bearer(token) if token else None
-        self._lock = threading.Lock()
+        # Re-entrant: grpc runs a done-callback at once, in this thread, if the call already failed.
+        self._lock = threading.RLock()
         self._addresses = dict(targets)
         self._channels = {peer: open_channel(addr, max_message_bytes, tls) for peer, addr in targets.items()}
         self._stubs = {peer: region_pb2_grpc.RegionStub(ch) for peer, ch in self._channels.items()}
         self._inflight: dict[int, grpc.Future] = {}
+        self._queued: dict[int, collections.deque] = {peer: collections.deque() for peer in targets}
         self._completed = PublishReport()
+        self._closed = False
+
+    def _send(self, peer: int, message, size: int) -> None:
+        """Start one call to `peer`; caller holds the lock."""
+        stub = self._stubs.get(peer)
+        if stub is None or self._closed:
+            return
+        started = time.perf_counter()
+        future = stub.PushPredictions.future(message, timeout=self.rpc_timeout_s, metadata=self._metadata)
+        self._inflight[peer] = future
+        future.add_done_callback(functools.partial(self._on_done, peer, size, started))
 
     def _on_done(self, peer: int, size: int, started: float, future: grpc.Future) -> None:
         latency = time.perf_counter() - started
@@ -107,6 +130,8 @@ class GrpcTransport:
             code = exc.code()
         except Exception:  # cancelled on close
             code = grpc.StatusCode.CANCELLED
+        if code is grpc.StatusCode.UNAVAILABLE:
+            self._reresolve(peer)
         with self._lock:
             report = self._completed
             report.seconds = max(report.seconds, latency)
@@ -115,15 +140,18 @@ class GrpcTransport:
                 report.bytes_sent += size
             else:
                 report.failed[peer] = code.name
-        if code is grpc.StatusCode.UNAVAILABLE:
-            self._reresolve(peer)
+            if self._inflight.get(peer) is future:
+                del self._inflight[peer]
+            queue = self._queued.get(peer)
+            if queue:
+                self._send(peer, *queue.popleft())
 
     def _reresolve(self, peer: int) -> None:
         if self._resolve is None:
             return
         address = self._resolve(peer)
         with self._lock:
-            if address and address != self._addresses.get(peer):
+            if address and address != self._addresses.get(peer) and not self._closed:
                 old = self._channels.get(peer)
                 self._addresses[peer] = address
                 self._channels[peer] = open_channel(address, self._max_message_bytes, self._tls)
@@ -141,34 +169,35 @@ class GrpcTransport:
         size = message.ByteSize()
         report = self._take_completed()
         with self._lock:
-            stubs = dict(self._stubs)
-        for peer, stub in stubs.items():
-            pending = self._inflight.get(peer)
-            if pending is not None and not pending.done():
-                report.failed[peer] = "BUSY"
-                continue
-            started = time.perf_counter()
-            future = stub.PushPredictions.future(message, timeout=self.rpc_timeout_s, metadata=self._metadata)
-            self._inflight[peer] = future
-            future.add_done_callback(functools.partial(self._on_done, peer, size, started))
+            for peer in list(self._stubs):
+                if peer not in self._inflight:
+                    self._send(peer, message, size)
+                    continue
+                queue = self._queued[peer]
+                if not self._keep_all:
+                    queue.clear()  # only the newest predictions are worth sending
+                queue.append((message, size))
+                if len(queue) > self._max_queued:
+                    queue.popleft()
+                    report.failed[peer] = "DROPPED"
         return report
 
     def flush(self, timeout_s: float | None = None) -> PublishReport:
-        """Wait for calls in flight (up to their deadlines) and report them."""
+        """Wait for calls in flight and queued (up to the deadline) and report them."""
         deadline = time.monotonic() + (self.rpc_timeout_s if timeout_s is None else timeout_s)
-        for future in list(self._inflight.values()):
-            left = deadline - time.monotonic()
-            if left <= 0:
+        while time.monotonic() < deadline:
+            with self._lock:
+                busy = bool(self._inflight) or any(self._queued.values())
+            if not busy:
                 break
-            try:
-                future.result(timeout=left)
-            except Exception:
-                pass
-        time.sleep(0.01)  # let done-callbacks finish recording
+            time.sleep(0.01)
         return self._take_completed()
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
+            for queue in self._queued.values():
+                queue.clear()
             for ch in self._channels.values():
                 ch.close()
             self._channels.clear()

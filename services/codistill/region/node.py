@@ -113,6 +113,7 @@ class RegionNode:
             token=self._token,
             tls=self._tls,
             resolve=self._resolve,
+            keep_all=ex.mode == "sync",
         )
         self.trainer.attach(transport, self.inbox)
 

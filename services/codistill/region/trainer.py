@@ -303,7 +303,7 @@ class RegionTrainer:
         if report.delivered or report.failed:
             self.metrics.published(report.seconds, report.bytes_sent, report.delivered, report.failed)
         self.bytes_sent += report.bytes_sent
-        self.publish_failures += len([f for f in report.failed.values() if f != "BUSY"])
+        self.publish_failures += len(report.failed)
 
     def _average(self, step: int) -> None:
         start = time.perf_counter()

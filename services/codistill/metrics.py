@@ -43,9 +43,28 @@ class NullMetrics:
         pass
 
 
-class RegionMetrics:
-    def __init__(self, run_id: str, region: int):
+class _Served:
+    """A private registry served over HTTP on a free port."""
+
+    def __init__(self):
         self.registry = CollectorRegistry(auto_describe=True)
+        self._server = None
+
+    def serve(self, host: str) -> int:
+        """Serve /metrics on a free port of `host`; returns the port."""
+        self._server, _thread = start_http_server(0, addr=host, registry=self.registry)
+        return int(self._server.server_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class RegionMetrics(_Served):
+    def __init__(self, run_id: str, region: int):
+        super().__init__()
         r = self.registry
         base = ["run", "region"]
         peer = base + ["peer"]
@@ -72,7 +91,6 @@ class RegionMetrics:
         self.reachable = Gauge("codistill_reachable_peers", "Peers the last publish reached.", base, registry=r)
         self._seen_received: dict[int, tuple[int, int]] = {}
         self._seen_rejections: dict[str, int] = {}
-        self._server = None
 
     def _l(self, **extra: str):
         return {**self._labels, **extra}
@@ -91,18 +109,6 @@ class RegionMetrics:
             self.messages_received.labels(**self._l(peer=str(peer)))
         for reason in reasons:
             self.rejected.labels(**self._l(reason=reason))
-
-    # ------------------------------------------------------------- serving
-    def serve(self, host: str) -> int:
-        """Serve /metrics on a free port of `host`; returns the port."""
-        self._server, _thread = start_http_server(0, addr=host, registry=self.registry)
-        return int(self._server.server_port)
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
     # ------------------------------------------------------------ sink api
     def step(self, loss_supervised: float, loss_distill: float) -> None:
@@ -146,30 +152,19 @@ class RegionMetrics:
                 self._seen_rejections[reason] = n
 
 
-class RunMetrics:
+class RunMetrics(_Served):
     """Run-level series computed by the driver from all regions' evaluations."""
 
     def __init__(self, run_id: str):
-        self.registry = CollectorRegistry(auto_describe=True)
+        super().__init__()
         self.run_id = run_id
         self.disagreement = Gauge("codistill_disagreement_ratio", "Mean pairwise share of test examples on which two regions' predictions differ.", ["run"], registry=self.registry)
         self.ensemble = Gauge("codistill_ensemble_accuracy_ratio", "Test accuracy of the average of all regions' predictions.", ["run"], registry=self.registry)
         self.mean_accuracy = Gauge("codistill_mean_test_accuracy_ratio", "Mean test accuracy over regions.", ["run"], registry=self.registry)
         self.converged = Gauge("codistill_converged", "1 once disagreement stayed under the threshold for the configured number of evaluations.", ["run"], registry=self.registry)
-        self._server = None
-
-    def serve(self, host: str) -> int:
-        self._server, _thread = start_http_server(0, addr=host, registry=self.registry)
-        return int(self._server.server_port)
 
     def update(self, disagreement: float, ensemble: float, mean_accuracy: float, converged: bool) -> None:
         self.disagreement.labels(run=self.run_id).set(disagreement)
         self.ensemble.labels(run=self.run_id).set(ensemble)
         self.mean_accuracy.labels(run=self.run_id).set(mean_accuracy)
         self.converged.labels(run=self.run_id).set(1 if converged else 0)
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None

@@ -1,16 +1,19 @@
 """`codistill bench SUITE.yaml`: strategies x settings on identical splits and seeds.
 
 A suite names a base config and rows of settings; each row lists the
-strategies it compares (`codistill:<rule>` picks a consensus rule). Every
+strategies it compares. A strategy spec is `STRATEGY[:RULE][@TRANSPORT]`:
+`codistill:median` picks a consensus rule, `codistill:attention@grpc` runs the
+same cell through real Ray and gRPC instead of the suite's transport. Every
 (row, seed) has one split that all its strategies share. Finished cells are
 cached under OUT/cells/, so an interrupted suite resumes where it stopped.
-Writes OUT/bench.json, OUT/report.md and OUT/plots/*.png.
+Writes OUT/bench.json, OUT/report.md and OUT/plots/*.png (see bench_report).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from codistill import config as config_mod
 from codistill.config import STRATEGIES, ConfigError
 
+TRANSPORTS = ("inprocess", "grpc")
+
 
 class BenchRow(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -31,6 +36,11 @@ class BenchRow(BaseModel):
     strategies: list[str]
     # Seeds for this row; None = the suite's.
     seeds: int | None = Field(None, ge=1)
+    # Strategies of this row that run on the first seed only (costly references).
+    one_seed: list[str] = Field(default_factory=list)
+    # Sweep membership for plots: rows with the same sweep name form one curve over `value`.
+    sweep: str | None = None
+    value: float | None = None
 
 
 class Suite(BaseModel):
@@ -40,15 +50,27 @@ class Suite(BaseModel):
     base: dict[str, Any] = Field(default_factory=dict)
     seeds: int = Field(1, ge=1)
     rows: list[BenchRow]
+    # Row names the targets table reads: skew, iid, omit, hardest_skew, lying, stale_fast, stale_slow.
+    # Targets whose rows are missing are left out of the report.
+    targets: dict[str, str] = Field(default_factory=dict)
+    # The codistill strategy the report quotes where one rule stands for all (sweeps, hidden class, fedavg).
+    headline: str | None = None
+    # Hand-written Markdown (path relative to the suite file) that the report prints under the
+    # targets: what the figures mean and what limits a missed target.
+    commentary: str | None = None
 
 
-def parse_strategy(spec: str) -> tuple[str, str | None]:
-    strategy, _, rule = spec.partition(":")
+def parse_strategy(spec: str) -> tuple[str, str | None, str | None]:
+    """`codistill:median@grpc` -> ("codistill", "median", "grpc")."""
+    head, _, transport = spec.partition("@")
+    strategy, _, rule = head.partition(":")
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy '{strategy}' in '{spec}' (expected one of {', '.join(STRATEGIES)})")
     if rule and strategy != "codistill":
         raise ConfigError(f"'{spec}': only codistill takes a consensus rule")
-    return strategy, rule or None
+    if transport and transport not in TRANSPORTS:
+        raise ConfigError(f"'{spec}': unknown transport '{transport}' (expected one of {', '.join(TRANSPORTS)})")
+    return strategy, rule or None, transport or None
 
 
 def load_suite(path: Path) -> Suite:
@@ -59,10 +81,24 @@ def load_suite(path: Path) -> Suite:
     except ValidationError as exc:
         err = exc.errors()[0]
         raise ConfigError(f"{path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+    names = [row.name for row in suite.rows]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: row names must be unique")
     for row in suite.rows:
         for spec in row.strategies:
             parse_strategy(spec)
-        cell_config(suite, row, row.strategies[0], 0)  # every row must make a valid config
+        unknown = set(row.one_seed) - set(row.strategies)
+        if unknown:
+            raise ConfigError(f"row '{row.name}': one_seed names strategies the row does not run: {sorted(unknown)}")
+        for spec in row.strategies:
+            cell_config(suite, row, spec, 0)  # every cell must make a valid config
+    if suite.headline is not None:
+        parse_strategy(suite.headline)
+    if suite.commentary is not None and not (path.parent / suite.commentary).is_file():
+        raise ConfigError(f"{path}: commentary file not found: {path.parent / suite.commentary}")
+    for target, row_name in suite.targets.items():
+        if row_name not in names:
+            raise ConfigError(f"{path}: target '{target}' names row '{row_name}', which the suite does not have")
     return suite
 
 
@@ -70,63 +106,62 @@ def cell_config(suite: Suite, row: BenchRow, spec: str, seed: int) -> config_mod
     raw = copy.deepcopy(suite.base)
     overrides = [f"{k}={json.dumps(v)}" for k, v in row.set.items()]
     raw = config_mod.apply_overrides(raw, overrides)
-    strategy, rule = parse_strategy(spec)
+    strategy, rule, transport = parse_strategy(spec)
     raw["strategy"] = strategy
     raw["seed"] = raw.get("seed", 0) + seed
     raw["name"] = f"{suite.name}-{row.name}"
     if rule:
         raw.setdefault("consensus", {})["rule"] = rule
+    if transport:
+        raw.setdefault("exchange", {})["transport"] = transport
     try:
         return config_mod.from_dict(raw)
     except ConfigError as exc:
-        raise ConfigError(f"row '{row.name}': {exc}") from None
+        raise ConfigError(f"row '{row.name}', '{spec}': {exc}") from None
 
 
-def _cell_id(row: str, spec: str, seed: int) -> str:
-    return f"{row}__{spec.replace(':', '-')}__seed{seed}"
+def cell_id(row: str, spec: str, seed: int) -> str:
+    return f"{row}__{spec.replace(':', '-').replace('@', '.')}__seed{seed}"
 
 
-def _extras(cfg: config_mod.RunConfig, summary: dict) -> dict[str, float]:
+def cells_of(suite: Suite, seeds: int | None = None) -> list[tuple[BenchRow, str, int]]:
+    """Every (row, strategy, seed) of the suite, in run order: a (row, seed)'s strategies run back to back."""
+    out = []
+    for row in suite.rows:
+        for seed in range(seeds or row.seeds or suite.seeds):
+            out += [(row, spec, seed) for spec in row.strategies if seed == 0 or spec not in row.one_seed]
+    return out
+
+
+def extras(cfg: config_mod.RunConfig, summary: dict) -> dict[str, float]:
     """Row-specific measures: honest regions' accuracy under lies, hidden-class recall under omit."""
     regions = summary["regions"]
-    extras: dict[str, float] = {}
+    out: dict[str, float] = {}
     if cfg.chaos.liars and summary["strategy"] != "centralized":
-        extras["honest_mean_test_accuracy"] = float(
+        out["honest_mean_test_accuracy"] = float(
             np.mean([r["test_accuracy"] for r in regions if r["id"] not in cfg.chaos.liars])
         )
-    if cfg.data.partition.kind == "omit" and summary["strategy"] != "centralized":
-        blind = set(cfg.omit_regions())
+    if cfg.data.partition.kind == "omit":
+        blind = set(cfg.omit_regions()) if summary["strategy"] != "centralized" else set()
         for label, group in (("blind", [r for r in regions if r["id"] in blind]), ("seeing", [r for r in regions if r["id"] not in blind])):
             if group:
-                extras[f"hidden_recall_{label}"] = float(
+                out[f"hidden_recall_{label}"] = float(
                     np.mean([np.mean([r["per_class_recall"][c] for c in cfg.data.partition.omit_classes]) for r in group])
                 )
-    return extras
+    return out
 
 
-def _aggregate(cells: list[dict]) -> dict[str, Any]:
-    def stat(key: str) -> dict[str, float]:
-        values = np.array([c[key] for c in cells], dtype=float)
-        return {"mean": float(values.mean()), "std": float(values.std())}
+def _start_ray_for(cells: list[tuple[config_mod.RunConfig, str]]) -> None:
+    """Start one local Ray big enough for every gRPC cell, so no cell's wall time includes Ray's start."""
+    from codistill.launch.loopback import keep_local_ray_on_loopback
 
-    extra_keys = sorted({k for c in cells for k in c.get("extras", {})})
+    keep_local_ray_on_loopback()
+    from codistill.launch.ray_runner import ensure_ray
 
-    per_region_sent = [np.mean([r["bytes_sent"] for r in c["regions"]]) for c in cells]
-    per_region_received = [np.mean([r["bytes_received"] for r in c["regions"]]) for c in cells]
-    return {
-        "seeds": len(cells),
-        "mean_test_accuracy": stat("mean_test_accuracy"),
-        "min_test_accuracy": stat("min_test_accuracy"),
-        "max_test_accuracy": stat("max_test_accuracy"),
-        "ensemble_test_accuracy": stat("ensemble_test_accuracy"),
-        "bytes_sent_per_region": float(np.mean(per_region_sent)),
-        "bytes_received_per_region": float(np.mean(per_region_received)),
-        "wall_seconds": stat("wall_seconds"),
-        "exchange_seconds_per_region": float(np.mean([np.mean([r["exchange_seconds"] for r in c["regions"]]) for c in cells])),
-        "train_seconds_per_region": float(np.mean([np.mean([r["train_seconds"] for r in c["regions"]]) for c in cells])),
-        "peak_rss_bytes": float(np.max([max(r["peak_rss_bytes"] for r in c["regions"]) for c in cells])),
-        **{k: {"mean": float(np.mean([c["extras"][k] for c in cells])), "std": float(np.std([c["extras"][k] for c in cells]))} for k in extra_keys},
-    }
+    cfg = cells[0][0].model_copy(deep=True)
+    needed = max(int(np.ceil(c.regions.count * c.regions.num_cpus)) for c, _ in cells)
+    cfg.ray.num_cpus = max(os.cpu_count() or 1, needed)
+    ensure_ray(cfg, None)
 
 
 def run_bench(
@@ -134,82 +169,59 @@ def run_bench(
     out: Path,
     seeds: int | None = None,
     announce: Callable[[str], None] = lambda line: None,
+    report: Path | None = None,
+    command: str | None = None,
 ) -> dict:
+    from codistill.bench_report import aggregate, write_report
     from codistill.launch import driver
 
     suite = load_suite(suite_path)
     cells_dir = out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
-    doc: dict[str, Any] = {"suite": suite.name, "suite_file": str(suite_path), "rows": {}}
-    total = sum((seeds or row.seeds or suite.seeds) * len(row.strategies) for row in suite.rows)
-    done = 0
-    for row in suite.rows:
-        n_seeds = seeds or row.seeds or suite.seeds
-        by_strategy: dict[str, list[dict]] = {spec: [] for spec in row.strategies}
-        for seed in range(n_seeds):
-            split = None
-            for spec in row.strategies:
-                done += 1
-                path = cells_dir / f"{_cell_id(row.name, spec, seed)}.json"
-                if path.is_file():
-                    by_strategy[spec].append(json.loads(path.read_text()))
-                    announce(f"[{done}/{total}] {row.name} {spec} seed {seed}: cached")
-                    continue
-                cfg = cell_config(suite, row, spec, seed)
-                split = split or driver.prepare(cfg)
-                started = time.perf_counter()
-                result = driver.run_strategy(cfg, split, cfg.strategy, driver.new_run_id(cfg.name))
-                summary = result.summary()
-                summary["extras"] = _extras(cfg, summary)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(summary))
-                tmp.replace(path)
-                by_strategy[spec].append(summary)
-                announce(
-                    f"[{done}/{total}] {row.name} {spec} seed {seed}: mean accuracy "
-                    f"{summary['mean_test_accuracy']:.3f} ({time.perf_counter() - started:.0f} s)"
-                )
-        doc["rows"][row.name] = {spec: _aggregate(cells) for spec, cells in by_strategy.items()}
-    (out / "bench.json").write_text(json.dumps(doc, indent=2))
-    write_report(doc, out)
-    return doc
-
-
-def write_report(doc: dict, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lines = [f"# Benchmark: {doc['suite']}", "", f"Produced by `codistill bench {doc['suite_file']}`.", ""]
-    for row, strategies in doc["rows"].items():
-        lines += [f"## {row}", "", "| strategy | mean accuracy | min | max | ensemble | bytes sent / region | wall s |", "|---|---|---|---|---|---|---|"]
-        for spec, a in strategies.items():
-            m = a["mean_test_accuracy"]
-            lines.append(
-                f"| {spec} | {m['mean']:.3f} ± {m['std']:.3f} | {a['min_test_accuracy']['mean']:.3f} | "
-                f"{a['max_test_accuracy']['mean']:.3f} | {a['ensemble_test_accuracy']['mean']:.3f} | "
-                f"{a['bytes_sent_per_region'] / 2**20:.2f} MiB | {a['wall_seconds']['mean']:.1f} |"
+    plan = cells_of(suite, seeds)
+    todo = [(row, spec, seed) for row, spec, seed in plan if not (cells_dir / f"{cell_id(row.name, spec, seed)}.json").is_file()]
+    grpc = [(cell_config(suite, row, spec, seed), spec) for row, spec, seed in todo]
+    grpc = [(cfg, spec) for cfg, spec in grpc if cfg.exchange.transport == "grpc" and cfg.strategy != "centralized"]
+    ray_started = False
+    cells: list[dict] = []
+    splits: dict[tuple[str, int], Any] = {}
+    suite_start = time.perf_counter()
+    try:
+        for done, (row, spec, seed) in enumerate(plan, 1):
+            path = cells_dir / f"{cell_id(row.name, spec, seed)}.json"
+            if path.is_file():
+                cells.append(json.loads(path.read_text()))
+                announce(f"[{done}/{len(plan)}] {row.name} {spec} seed {seed}: cached")
+                continue
+            cfg = cell_config(suite, row, spec, seed)
+            if cfg.exchange.transport == "grpc" and grpc and not ray_started:
+                _start_ray_for(grpc)
+                ray_started = True
+            key = (row.name, seed)
+            if key not in splits:
+                splits = {key: driver.prepare(cfg)}  # one split per (row, seed), shared by its strategies
+            started = time.perf_counter()
+            result = driver.run_strategy(cfg, splits[key], cfg.strategy, driver.new_run_id(cfg.name))
+            summary = result.summary()
+            summary.update(row=row.name, spec=spec, seed=seed, extras=extras(cfg, summary), config=cfg.model_dump(mode="json"))
+            summary["config"]["security"]["token"] = None
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(summary))
+            tmp.replace(path)
+            cells.append(summary)
+            elapsed = time.perf_counter() - suite_start
+            announce(
+                f"[{done}/{len(plan)}] {row.name} {spec} seed {seed}: mean accuracy "
+                f"{summary['mean_test_accuracy']:.3f} ({time.perf_counter() - started:.0f} s; suite {elapsed / 60:.1f} min)"
             )
-        lines.append("")
-    plots = out / "plots"
-    plots.mkdir(exist_ok=True)
-    rows = list(doc["rows"])
-    specs = sorted({s for r in doc["rows"].values() for s in r})
-    fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(rows) * len(specs) / 3), 4))
-    width = 0.8 / max(1, len(specs))
-    for k, spec in enumerate(specs):
-        xs = [i + k * width for i, row in enumerate(rows) if spec in doc["rows"][row]]
-        ys = [doc["rows"][row][spec]["mean_test_accuracy"]["mean"] for row in rows if spec in doc["rows"][row]]
-        es = [doc["rows"][row][spec]["mean_test_accuracy"]["std"] for row in rows if spec in doc["rows"][row]]
-        ax.bar(xs, ys, width, yerr=es, label=spec)
-    ax.set_xticks([i + width * (len(specs) - 1) / 2 for i in range(len(rows))], rows)
-    ax.set(ylabel="mean region test accuracy", ylim=(0, 1), title=doc["suite"])
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(plots / "accuracy.png", dpi=110)
-    plt.close(fig)
-    lines += ["![accuracy per row and strategy](plots/accuracy.png)", ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    finally:
+        if ray_started:
+            import ray
+
+            ray.shutdown()
+    doc = aggregate(suite, str(suite_path), cells)
+    if suite.commentary:
+        doc["commentary"] = (suite_path.parent / suite.commentary).read_text()
+    (out / "bench.json").write_text(json.dumps(doc, indent=2))
+    write_report(doc, cells, report or out / "report.md", command or f"codistill bench {suite_path} --out {out}")
+    return doc

@@ -2,7 +2,7 @@
 
   codistill run CONFIG [--set key=value ...] [--out DIR] [--compare S1,S2] [--address ADDR] [--force]
   codistill report RUN_DIR
-  codistill bench SUITE.yaml [--out DIR] [--seeds N]
+  codistill bench SUITE.yaml [--out DIR] [--seeds N] [--report FILE]
   codistill certs DIR --regions N
 
 Exit codes: 0 success, 1 a run failed, 2 bad input (nothing was started).
@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("suite", type=Path, help="suite YAML (see benchmarks/suites/)")
     b.add_argument("--out", type=Path, help="output folder (default runs/bench-<suite name>/); finished cells are reused")
     b.add_argument("--seeds", type=int, help="seeds per row, overriding the suite")
+    b.add_argument("--report", type=Path, help="where the Markdown report goes (default OUT/report.md); plots go next to it in plots/")
     rep = sub.add_parser("report", help="plot convergence curves of a finished run into RUN_DIR/plots/")
     rep.add_argument("run_dir", type=Path)
     return p
@@ -158,10 +159,14 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(console, str(exc), EXIT_USAGE)
         out = args.out or Path("runs") / f"bench-{suite.name}"
         try:
-            run_bench(args.suite, out, args.seeds, announce=lambda line: console.print(line, highlight=False))
+            command = "codistill " + " ".join(sys.argv[1:])
+            run_bench(
+                args.suite, out, args.seeds, announce=lambda line: console.print(line, highlight=False),
+                report=args.report, command=command,
+            )
         except RegionError as exc:
             return _fail(console, str(exc), EXIT_FAILED)
-        console.print(f"bench: {out / 'bench.json'}  report: {out / 'report.md'}", highlight=False)
+        console.print(f"bench: {out / 'bench.json'}  report: {args.report or out / 'report.md'}", highlight=False)
         return 0
     if args.command == "certs":
         from codistill.certs import CertsError, make_certs

@@ -60,10 +60,18 @@ class RegionResult:
     exchange_seconds: float
     peak_rss_bytes: int  # of the hosting process (in-process runs share one)
     test_probs: np.ndarray = field(repr=False)
+    # Test accuracy at every evaluation: [(step, accuracy), ...].
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    # Mean consensus weight this region gave each peer over the run (its attention row).
+    peer_weights: dict[int, float] = field(default_factory=dict)
+    # Exchanges made: prediction publishes (codistill) or weight averages (fedavg).
+    exchanges: int = 0
 
     def summary(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "test_probs"}
         d["messages_received"] = {str(k): v for k, v in self.messages_received.items()}
+        d["peer_weights"] = {str(k): v for k, v in self.peer_weights.items()}
+        d["curve"] = [list(point) for point in self.curve]
         return d
 
 
@@ -155,6 +163,10 @@ class RegionTrainer:
         # fedavg baseline: called with (region, round, weights), returns the average of all regions.
         self.average_weights: Callable[[int, int, dict], dict] | None = None
         self.weight_bytes = 0  # fedavg: parameter bytes sent (= received) so far
+        self.exchanges = 0
+        self.curve: list[tuple[int, float]] = []
+        self._weight_sums: dict[int, float] = {}
+        self._weight_count = 0
         # Called with a duration when chaos makes this region hang (the node pauses its handler too).
         self.on_hang: Callable[[float], None] | None = None
 
@@ -196,6 +208,9 @@ class RegionTrainer:
             if self.inbox
             else {},
             "restarts": self.restarts,
+            "exchanges": self.exchanges,
+            "curve": list(self.curve),
+            "weight_sums": (dict(self._weight_sums), self._weight_count),
         }
 
     def save_checkpoint(self, step: int) -> None:
@@ -221,6 +236,10 @@ class RegionTrainer:
         self.publish_failures = state["publish_failures"]
         self.exchange_seconds = state["exchange_seconds"]
         self.weight_bytes = state.get("weight_bytes", 0)
+        self.exchanges = state.get("exchanges", 0)
+        self.curve = [tuple(point) for point in state.get("curve", [])]
+        sums, count = state.get("weight_sums", ({}, 0))
+        self._weight_sums, self._weight_count = dict(sums), count
         if self.inbox is not None:
             for peer, (version, messages, nbytes) in state["peer_counters"].items():
                 if peer in self.inbox.counters:
@@ -246,6 +265,7 @@ class RegionTrainer:
 
     def _log_eval(self, step: int, acc: float, probs: torch.Tensor) -> None:
         self.test_accuracy, self.eval_step = acc, step
+        self.curve.append((step, acc))
         with self._records_lock:
             self._evals.append((step, acc, probs.cpu().numpy().astype(np.float16)))
 
@@ -277,6 +297,7 @@ class RegionTrainer:
         batch = PredictionBatch(self.run_id, self.id, version, self.step, ids, self.cfg.distill.temperature, probs)
         report = self.transport.publish(batch)
         self._account(report)
+        self.exchanges += 1
         self.version = version
         pool = None
         arrived = 0
@@ -311,6 +332,7 @@ class RegionTrainer:
         averaged = self.average_weights(self.id, step // self.cfg.exchange.average_every, state)
         self.model.load_state_dict(averaged)
         self.weight_bytes += sum(v.numel() * v.element_size() for v in state.values())
+        self.exchanges += 1
         self.exchange_seconds += time.perf_counter() - start
 
     def _distill_batch(self, pool: Pool | None) -> Pool | None:
@@ -377,7 +399,11 @@ class RegionTrainer:
                     w = c.weights[:, c.valid]  # [P, n]
                     w_entropy = float(consensus_math.entropy(w.T).mean())
                     sources = self.inbox.sources if self.inbox else []
-                    self.metrics.consensus(kl, agree, dict(zip(sources, w.mean(1).tolist())), w_entropy)
+                    per_peer = dict(zip(sources, w.mean(1).tolist()))
+                    self.metrics.consensus(kl, agree, per_peer, w_entropy)
+                    for peer, weight in per_peer.items():
+                        self._weight_sums[peer] = self._weight_sums.get(peer, 0.0) + weight
+                    self._weight_count += 1
             loss, sup, dist = codistillation_loss(
                 logits, self.y_labeled[idx], transfer_logits, target, temperature=T, weight=lam, valid=valid
             )
@@ -438,4 +464,7 @@ class RegionTrainer:
             exchange_seconds=self.exchange_seconds,
             peak_rss_bytes=peak_rss_bytes(),
             test_probs=probs.cpu().numpy(),
+            curve=list(self.curve),
+            peer_weights={p: total / self._weight_count for p, total in self._weight_sums.items()},
+            exchanges=self.exchanges,
         )

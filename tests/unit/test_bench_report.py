@@ -1,0 +1,145 @@
+"""Bench aggregation and target checks on hand-made cells, where every figure is known."""
+
+import pytest
+
+from codistill.bench import Suite, cells_of, parse_strategy
+from codistill.bench_report import aggregate, aggregate_cells, evaluate_targets, headline_keys, relative_figures
+from codistill.config import ConfigError
+
+
+def cell(row, spec, seed=0, accs=(0.5, 0.5), *, transport="inprocess", sent=0, exchanges=0, wall=10.0, liars=()):
+    strategy = spec.split("@")[0].split(":")[0]
+    regions = [
+        {"id": i, "arch": "mlp", "test_accuracy": a, "bytes_sent": sent, "bytes_received": sent, "exchanges": exchanges,
+         "exchange_seconds": 1.0, "train_seconds": 4.0, "peak_rss_bytes": 100 * 2**20, "per_class_recall": [a, a],
+         "curve": [[10, a]], "peer_weights": {}}
+        for i, a in enumerate(accs)
+    ]
+    return {
+        "row": row, "spec": spec, "seed": seed, "strategy": strategy, "transport": transport,
+        "mean_test_accuracy": sum(accs) / len(accs), "min_test_accuracy": min(accs), "max_test_accuracy": max(accs),
+        "ensemble_test_accuracy": max(accs), "bytes_sent": sent * len(accs), "bytes_received": sent * len(accs),
+        "wall_seconds": wall, "regions": regions, "extras": {}, "config": {"chaos": {"liars": list(liars)}},
+    }
+
+
+def suite(**kw):
+    base = {"name": "t", "rows": [{"name": "skew", "strategies": ["independent"]}]}
+    return Suite.model_validate({**base, **kw})
+
+
+def test_relative_figures_error_ratio_and_gap_closed():
+    row = {s: aggregate_cells([cell("r", s, accs=(a, a))]) for s, a in
+           (("independent", 0.6), ("centralized", 0.9), ("codistill:attention", 0.8))}
+    relative_figures(row)
+    assert row["codistill:attention"]["error_vs_independent"] == pytest.approx(0.2 / 0.4)
+    assert row["codistill:attention"]["gap_closed"] == pytest.approx(0.2 / 0.3)
+    assert row["independent"]["gap_closed"] == pytest.approx(0.0)
+    assert row["centralized"]["error_vs_independent"] == pytest.approx(0.1 / 0.4)
+
+
+def test_bytes_per_exchange_and_memory_only_where_regions_own_processes():
+    a = aggregate_cells([cell("r", "codistill:mean", sent=1000, exchanges=4)])
+    assert a["bytes_sent_per_region"] == 1000 and a["bytes_sent_per_exchange"] == 250
+    assert a["peak_rss_bytes_total"] is None  # in-process: the bench's own process
+    g = aggregate_cells([cell("r", "codistill:mean@grpc", transport="grpc", sent=1000, exchanges=4)])
+    assert g["peak_rss_bytes_per_process"] == 100 * 2**20 and g["peak_rss_bytes_total"] == 2 * 100 * 2**20
+    indep = aggregate_cells([cell("r", "independent")])
+    assert indep["bytes_sent_per_exchange"] == 0 and indep["exchanges_per_region"] == 0
+
+
+def test_mean_and_std_over_seeds():
+    a = aggregate_cells([cell("r", "independent", s, accs=(x, x)) for s, x in enumerate((0.5, 0.7))])
+    assert a["seeds"] == 2
+    assert a["mean_test_accuracy"]["mean"] == pytest.approx(0.6)
+    assert a["mean_test_accuracy"]["std"] == pytest.approx(0.1)
+
+
+def test_strategy_specs_and_one_seed_cells():
+    assert parse_strategy("codistill:median@grpc") == ("codistill", "median", "grpc")
+    assert parse_strategy("fedavg") == ("fedavg", None, None)
+    with pytest.raises(ConfigError, match="transport"):
+        parse_strategy("codistill:median@carrier-pigeon")
+    with pytest.raises(ConfigError, match="only codistill"):
+        parse_strategy("fedavg:median")
+    s = suite(seeds=3, rows=[{"name": "r", "strategies": ["independent", "codistill:mean"], "one_seed": ["codistill:mean"]}])
+    assert [(spec, seed) for _, spec, seed in cells_of(s)] == [
+        ("independent", 0), ("codistill:mean", 0), ("independent", 1), ("independent", 2)
+    ]
+
+
+def full_doc(**overrides):
+    rows = [
+        {"name": "skew", "strategies": ["independent", "centralized", "fedavg", "codistill:mean", "codistill:robust_attention",
+                                        "codistill:robust_attention@grpc"], "one_seed": ["codistill:mean", "codistill:robust_attention@grpc"]},
+        {"name": "lying", "set": {"chaos.liars": [1]}, "strategies": ["codistill:mean", "codistill:robust_attention"]},
+        {"name": "fast", "sweep": "interval", "value": 10, "strategies": ["codistill:robust_attention"]},
+        {"name": "slow", "sweep": "interval", "value": 250, "strategies": ["codistill:robust_attention"]},
+    ]
+    s = suite(seeds=2, rows=rows, headline="codistill:robust_attention",
+              targets={"skew": "skew", "hardest_skew": "skew", "lying": "lying", "stale_fast": "fast", "stale_slow": "slow"})
+    accs = {"independent": 0.60, "centralized": 0.90, "fedavg": 0.85, "codistill:mean": 0.95, "codistill:robust_attention": 0.84}
+    accs.update(overrides)
+    cells = []
+    for seed in (0, 1):
+        for spec, a in accs.items():
+            if spec != "codistill:mean" or seed == 0:
+                sent = {"fedavg": 10_000, "codistill:robust_attention": 900, "codistill:mean": 900}.get(spec, 0)
+                cells.append(cell("skew", spec, seed, (a, a, a), sent=sent, exchanges=8 if sent else 0))
+    cells.append(cell("skew", "codistill:robust_attention@grpc", 0, (0.84,) * 3, transport="grpc", sent=900, exchanges=8, wall=12.0))
+    # Region 1 lies: honest regions 0 and 2 lose 30 points under mean, nothing under robust_attention.
+    cells.append(cell("lying", "codistill:mean", 0, (0.65, 0.1, 0.65), liars=[1]))
+    cells.append(cell("lying", "codistill:robust_attention", 0, (0.84, 0.1, 0.84), liars=[1]))
+    cells.append(cell("fast", "codistill:robust_attention", 0, (0.85,) * 3))
+    cells.append(cell("slow", "codistill:robust_attention", 0, (0.83,) * 3))
+    return aggregate(s, "suite.yaml", cells)
+
+
+def by_name(doc):
+    return {t["name"]: t for t in doc["targets"]}
+
+
+def test_targets_read_the_right_rows_and_judge_them():
+    doc = full_doc()
+    t = by_name(doc)
+    # The best rule is chosen among the most-seeded ones: robust_attention (2 seeds), not mean (1 seed, higher).
+    assert "codistill:robust_attention" in t["skew: error vs independent"]["measured"]
+    assert t["skew: error vs independent"]["met"] is True  # 0.16 / 0.40 = 0.4
+    assert t["skew: distance to centralized"]["met"] is False  # 6 points behind
+    fed = t["Against fedavg (skew)"]
+    assert fed["met"] is True and "1/11.1" in fed["measured"]  # 84% vs 85%, 900 vs 10,000 bytes
+    assert t["Overhead of Ray + gRPC"]["met"] is True and "1.20" in t["Overhead of Ray + gRPC"]["measured"]
+    assert t["Staleness"]["met"] is False and "+2.0 points" in t["Staleness"]["measured"]
+    trade = t["No trade-off between skew and lies"]
+    assert trade["met"] is True and trade["measured"].startswith("met by codistill:robust_attention")
+    losses = {x["spec"]: x["loss"] for x in doc["lying"]}
+    assert losses["codistill:mean"] == pytest.approx(0.30) and losses["codistill:robust_attention"] == pytest.approx(0.0)
+    (agree,) = doc["transport_agreement"]
+    assert agree["overhead_ratio"] == pytest.approx(1.2) and agree["max_region_difference"] == 0
+
+
+def test_targets_missed_when_fedavg_is_ahead_or_robust_rule_loses():
+    t = by_name(full_doc(fedavg=0.90))
+    assert t["Against fedavg (skew)"]["met"] is False
+    assert headline_keys({"skew": "a", "hardest_skew": "a", "iid": "b"}) == ["skew", "iid"]
+
+
+def test_missing_rows_leave_targets_out():
+    s = suite(rows=[{"name": "only", "strategies": ["independent"]}])
+    doc = aggregate(s, "suite.yaml", [cell("only", "independent")])
+    assert doc["targets"] == []
+
+
+def test_suite_file_errors_name_the_problem(tmp_path):
+    from codistill.bench import load_suite
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\ncommentary: notes.md\nrows:\n  - {name: r, strategies: [independent]}\n")
+    with pytest.raises(ConfigError, match="commentary file not found"):
+        load_suite(path)
+    path.write_text("name: s\ntargets: {skew: nowhere}\nrows:\n  - {name: r, strategies: [independent]}\n")
+    with pytest.raises(ConfigError, match="target 'skew' names row 'nowhere'"):
+        load_suite(path)
+    path.write_text("name: s\nrows:\n  - {name: r, strategies: [independent], one_seed: [fedavg]}\n")
+    with pytest.raises(ConfigError, match="one_seed"):
+        load_suite(path)

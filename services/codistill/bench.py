@@ -171,6 +171,7 @@ def run_bench(
     announce: Callable[[str], None] = lambda line: None,
     report: Path | None = None,
     command: str | None = None,
+    cached_only: bool = False,
 ) -> dict:
     from codistill.bench_report import aggregate, write_report
     from codistill.launch import driver
@@ -179,7 +180,9 @@ def run_bench(
     cells_dir = out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     plan = cells_of(suite, seeds)
-    todo = [(row, spec, seed) for row, spec, seed in plan if not (cells_dir / f"{cell_id(row.name, spec, seed)}.json").is_file()]
+    todo = [] if cached_only else [
+        (row, spec, seed) for row, spec, seed in plan if not (cells_dir / f"{cell_id(row.name, spec, seed)}.json").is_file()
+    ]
     grpc = [(cell_config(suite, row, spec, seed), spec) for row, spec, seed in todo]
     grpc = [(cfg, spec) for cfg, spec in grpc if cfg.exchange.transport == "grpc" and cfg.strategy != "centralized"]
     ray_started = False
@@ -192,6 +195,9 @@ def run_bench(
             if path.is_file():
                 cells.append(json.loads(path.read_text()))
                 announce(f"[{done}/{len(plan)}] {row.name} {spec} seed {seed}: cached")
+                continue
+            if cached_only:
+                announce(f"[{done}/{len(plan)}] {row.name} {spec} seed {seed}: not run yet, left out")
                 continue
             cfg = cell_config(suite, row, spec, seed)
             if cfg.exchange.transport == "grpc" and grpc and not ray_started:

@@ -2,7 +2,7 @@
 
   codistill run CONFIG [--set key=value ...] [--out DIR] [--compare S1,S2] [--address ADDR] [--force]
   codistill report RUN_DIR
-  codistill bench SUITE.yaml [--out DIR] [--seeds N] [--report FILE]
+  codistill bench SUITE.yaml [--out DIR] [--seeds N] [--report FILE] [--cached-only]
   codistill certs DIR --regions N
 
 Exit codes: 0 success, 1 a run failed, 2 bad input (nothing was started).
@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, help="output folder (default runs/bench-<suite name>/); finished cells are reused")
     b.add_argument("--seeds", type=int, help="seeds per row, overriding the suite")
     b.add_argument("--report", type=Path, help="where the Markdown report goes (default OUT/report.md); plots go next to it in plots/")
+    b.add_argument("--cached-only", action="store_true", help="run nothing: report on the cells finished so far")
     rep = sub.add_parser("report", help="plot convergence curves of a finished run into RUN_DIR/plots/")
     rep.add_argument("run_dir", type=Path)
     return p
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             command = "codistill " + " ".join(sys.argv[1:])
             run_bench(
                 args.suite, out, args.seeds, announce=lambda line: console.print(line, highlight=False),
-                report=args.report, command=command,
+                report=args.report, command=command, cached_only=args.cached_only,
             )
         except RegionError as exc:
             return _fail(console, str(exc), EXIT_FAILED)

@@ -71,6 +71,27 @@ def test_fedavg_averages_weights_and_counts_parameter_bytes(tiny_cfg, tmp_path):
     assert fed["mean_test_accuracy"] > doc["compare"]["independent"]["mean_test_accuracy"]
 
 
+def test_fedavg_regions_start_from_one_initialisation(tiny_cfg):
+    import torch
+
+    from codistill.data import load_dataset, make_split
+    from codistill.launch.plan import plan_regions, region_data
+    from codistill.region.trainer import RegionTrainer
+
+    split = make_split(tiny_cfg, load_dataset(tiny_cfg))
+    plans = plan_regions(tiny_cfg, split, "fedavg")
+    trainers = [RegionTrainer(p.id, tiny_cfg, region_data(split, p)) for p in plans[:2]]
+    first = [w.clone() for w in trainers[0].model.state_dict().values()]
+    assert not all(torch.equal(a, b) for a, b in zip(first, trainers[1].model.state_dict().values()))
+    for t in trainers:
+        t.average_with(lambda region, k, state: state)
+    same = [torch.equal(a, b) for a, b in zip(trainers[0].model.state_dict().values(), trainers[1].model.state_dict().values())]
+    assert all(same)
+    # The optimizer still steps the model's own tensors.
+    params = {id(p) for p in trainers[0].model.parameters()}
+    assert all(id(p) in params for group in trainers[0].optimizer.param_groups for p in group["params"])
+
+
 def test_fedavg_refuses_mixed_architectures(tiny_cfg):
     import pytest
 

@@ -43,7 +43,7 @@ def run_inprocess(
     if any(p.average for p in plans):
         averager = WeightAverager([len(p.labeled) for p in plans])
         for node in nodes:
-            node.trainer.average_weights = averager.average
+            node.trainer.average_with(averager.average)
     for node, p in zip(nodes, plans):
         node.prepare(p.receives_from)
     for node, p in zip(nodes, plans):

@@ -90,7 +90,7 @@ class RegionActor:
             device=resolve_device(device), checkpoint_dir=checkpoint_dir, restarts=restarts, resolve=self._lookup,
         )
         if plan.average:
-            self.node.trainer.average_weights = lambda r, k, state: ray.get(hub.average.remote(r, k, state))
+            self.node.trainer.average_with(lambda r, k, state: ray.get(hub.average.remote(r, k, state)))
         if restarted:
             self.serve(host)
             self.prepare(plan.receives_from)

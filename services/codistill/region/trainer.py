@@ -171,6 +171,19 @@ class RegionTrainer:
         self.on_hang: Callable[[float], None] | None = None
 
     # ------------------------------------------------------------ wiring
+    def average_with(self, average: Callable[[int, int, dict], dict]) -> None:
+        """fedavg: start from the weights every region starts from, then average every E steps.
+
+        Averaging models that began from different random weights gives a
+        useless model (their hidden units do not correspond), so FedAvg's
+        regions share one initialisation, drawn from the run seed.
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed)
+            common = build_model(self.arch, tuple(self.x_labeled.shape[1:]), self.num_classes, self.cfg.regions.hidden)
+        self.model.load_state_dict(common.state_dict())
+        self.average_weights = average
+
     def attach(self, transport: Transport, inbox: PeerInbox | None) -> None:
         self.transport, self.inbox = transport, inbox
 

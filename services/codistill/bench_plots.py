@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 
 MiB = 2**20
@@ -121,7 +122,9 @@ def bytes_vs_accuracy(doc: dict, row: str, folder: Path) -> Path | None:
         ax.axhline(100 * r["independent"]["mean_test_accuracy"]["mean"], color=_color("independent"), linestyle="--",
                    label="independent (0 bytes)")
     ax.set(xscale="log", xlabel="MiB sent per region over the run (log)", ylabel="mean region test accuracy (%)",
-           title=f"Bytes on the wire vs accuracy: {row} (triangles: codistill exchange interval)")
+           title=f"Bytes on the wire vs accuracy: {row}\n(triangles: the interval sweep, codistill at other exchange intervals)")
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, folder / "bytes_vs_accuracy.png")

@@ -189,6 +189,7 @@ def run_bench(
     cells: list[dict] = []
     splits: dict[tuple[str, int], Any] = {}
     suite_start = time.perf_counter()
+    ran = 0
     try:
         for done, (row, spec, seed) in enumerate(plan, 1):
             path = cells_dir / f"{cell_id(row.name, spec, seed)}.json"
@@ -215,10 +216,13 @@ def run_bench(
             tmp.write_text(json.dumps(summary))
             tmp.replace(path)
             cells.append(summary)
+            ran += 1
             elapsed = time.perf_counter() - suite_start
+            left = elapsed / ran * (len(todo) - ran)  # a rough guess: cells differ in cost
             announce(
                 f"[{done}/{len(plan)}] {row.name} {spec} seed {seed}: mean accuracy "
-                f"{summary['mean_test_accuracy']:.3f} ({time.perf_counter() - started:.0f} s; suite {elapsed / 60:.1f} min)"
+                f"{summary['mean_test_accuracy']:.3f} ({time.perf_counter() - started:.0f} s; "
+                f"{elapsed / 60:.1f} min so far, about {left / 60:.0f} min to go)"
             )
     finally:
         if ray_started:

@@ -20,7 +20,7 @@ from codistill import config
 from codistill.launch import driver
 
 LIARS = [0, 1]
-RULES = ["mean", "attention", "robust_attention", "confidence", "median", "trimmed_mean"]
+RULES = ["mean", "attention", "robust_attention", "screened_mean", "confidence", "median", "trimmed_mean"]
 
 
 def lying_config(rule: str, liars: list[int]) -> config.RunConfig:

@@ -105,11 +105,14 @@ class DistillConfig(_Strict):
 
 class ConsensusConfig(_Strict):
     # attention: GLOM-style weighting that trusts peers who agree with the region.
-    rule: Literal["mean", "attention", "confidence", "median", "trimmed_mean", "robust_attention"] = "attention"
+    rule: Literal["mean", "attention", "confidence", "median", "trimmed_mean", "robust_attention", "screened_mean"] = "attention"
     # Inverse temperature of the peer softmax; 0 makes attention/confidence a plain mean.
     beta: float = Field(5.0, ge=0)
     # Fraction trimmed at each end by trimmed_mean.
     trim: float = Field(0.2, ge=0, lt=0.5)
+    # screened_mean: a peer whose agreement with the crowd falls this many (normal-scaled) MADs
+    # below the typical peer's is left out; 3 is the usual outlier cut.
+    screen: float = Field(3.0, gt=0)
     # Cap on one peer's weight (weighted rules); 1 = no cap.
     max_weight: float = Field(1.0, gt=0, le=1)
 

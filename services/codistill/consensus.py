@@ -5,7 +5,9 @@ example into one target distribution. The weighted rules follow GLOM's
 attention between columns (Hinton, 2021): a peer's weight is a softmax over
 peers of β times its agreement with the region's own opinion, or of its
 confidence. The robust rules (coordinate-wise median and trimmed mean) bound
-the influence of a minority of lying peers.
+the influence of a minority of lying peers. `screened_mean` judges peers, not
+coordinates: a peer whose predictions disagree with the crowd across the whole
+batch is left out, and the others are averaged.
 
 Shapes: P peers, B examples, C classes.
 """
@@ -27,6 +29,14 @@ class Rule(str, Enum):
     MEDIAN = "median"
     TRIMMED_MEAN = "trimmed_mean"
     ROBUST_ATTENTION = "robust_attention"
+    SCREENED_MEAN = "screened_mean"
+
+
+# screened_mean keeps every peer within this much agreement of the typical one, however
+# tightly the peers agree (MAD 0 for identical peers must not screen out rounding noise).
+MIN_SCREEN_MARGIN = 0.05
+# Scales a median absolute deviation to a standard deviation for normal data.
+_MAD_TO_SD = 1.4826
 
 
 @dataclass(frozen=True)
@@ -139,6 +149,38 @@ def _trimmed_mean(peers: torch.Tensor, mask: torch.Tensor, trim: float) -> torch
     return kept.sum(0) / keep.sum(0).clamp_min(1)
 
 
+def peer_agreement(peers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each peer's mean agreement with the peers' coordinate-wise median: [P, B, C] -> [P].
+
+    Bhattacharyya coefficient per example, averaged over the examples the peer
+    covered (0 for a peer that covered none).
+    """
+    center = _renormalise(_median(peers, mask), mask.any(0))
+    m = mask.to(peers.dtype)
+    return (similarity(center, peers) * m).sum(1) / m.sum(1).clamp_min(1)
+
+
+def screen_peers(peers: torch.Tensor, mask: torch.Tensor, k: float) -> torch.Tensor:
+    """Peers to keep [P] bool: those whose agreement is not a low outlier.
+
+    A peer is screened out when its agreement with the median falls more than
+    max(k scaled MADs, MIN_SCREEN_MARGIN) below the median peer's agreement. A
+    confident liar disagrees with the crowd on nearly every example; an honest
+    peer with skewed labels disagrees only on the classes it knows or lacks, so
+    on a whole batch it stays within the crowd's spread. Fewer than three
+    present peers cannot be judged, and are all kept.
+    """
+    present = mask.any(1)
+    if int(present.sum()) < 3:
+        return present
+    agreement = peer_agreement(peers, mask)
+    a = agreement[present]
+    med = a.median()
+    mad = (a - med).abs().median()
+    margin = torch.clamp_min(k * _MAD_TO_SD * mad, MIN_SCREEN_MARGIN)
+    return present & (agreement >= med - margin)
+
+
 def consensus(
     rule: Rule | str,
     own: torch.Tensor,
@@ -148,6 +190,7 @@ def consensus(
     beta: float = 1.0,
     trim: float = 0.2,
     max_weight: float = 1.0,
+    screen: float = 3.0,
 ) -> Consensus:
     """Combine peer predictions into one target per example.
 
@@ -157,6 +200,7 @@ def consensus(
     beta:  inverse temperature of the attention/confidence softmax
     trim:  fraction cut from each end by `trimmed_mean`, in [0, 0.5)
     max_weight: cap on any one peer's weight for the weighted rules
+    screen: MADs of peer agreement below the median that screen a peer out (`screened_mean`)
     """
     rule = Rule(rule)
     if peers.dim() != 3 or own.dim() != 2 or mask.shape != peers.shape[:2]:
@@ -170,6 +214,10 @@ def consensus(
         raw = _median(peers, mask) if rule is Rule.MEDIAN else _trimmed_mean(peers, mask, trim)
         weights = mask.to(peers.dtype) / mask.sum(0, keepdim=True).clamp_min(1)
         return Consensus(_renormalise(raw, valid), weights, valid)
+    if rule is Rule.SCREENED_MEAN:
+        mask = mask & screen_peers(peers, mask, screen).unsqueeze(1)
+        valid = mask.any(0)
+        rule = Rule.MEAN
     weights = peer_weights(rule, own, peers, mask, beta)
     weights = cap_weights(weights, mask, max_weight)
     target = (weights.unsqueeze(-1) * peers).sum(0)

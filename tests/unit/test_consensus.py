@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from codistill.consensus import Rule, cap_weights, consensus
+from codistill.consensus import Rule, cap_weights, consensus, peer_agreement, screen_peers
 
 WEIGHTED = ["mean", "attention", "confidence"]
 ALL = WEIGHTED + ["median", "trimmed_mean"]
@@ -99,3 +99,50 @@ def test_robust_attention_discounts_liars():
     peers = torch.cat([honest, liar, liar])
     c = consensus("robust_attention", torch.full((1, 3), 1 / 3), peers, torch.ones(6, 1, dtype=torch.bool), beta=10.0)
     assert c.weights[4:].sum() < 0.01 and c.target[0].argmax() == 0
+
+
+def _skewed_peers(p: int, b: int, c: int, seed: int = 0) -> torch.Tensor:
+    """Honest peers with different label skews: each is sure about its own classes, vague elsewhere."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(p, b, c, generator=g)
+    truth = torch.randint(0, c, (b,), generator=g)
+    for i in range(p):
+        known = torch.arange(c)[(torch.arange(c) + i) % 3 == 0]  # each peer knows a third of the classes
+        hit = torch.isin(truth, known)
+        logits[i, hit, truth[hit]] += 4.0
+    return torch.softmax(logits / 2, -1)
+
+
+def test_screened_mean_leaves_out_confident_liars():
+    honest = _skewed_peers(7, 64, 10)
+    mean = honest.mean(0)
+    liars = torch.nn.functional.one_hot(mean.argmin(1), 10).float().expand(2, 64, 10)
+    peers = torch.cat([honest, liars])
+    mask = torch.ones(9, 64, dtype=torch.bool)
+    c = consensus("screened_mean", torch.full((64, 10), 0.1), peers, mask)
+    assert c.weights[7:].abs().max() == 0  # both liars out, on every example
+    assert_close(c.target, mean)  # the plain mean of the honest peers
+    assert_close(c.weights.sum(0), torch.ones(64))
+    plain = consensus("mean", torch.full((64, 10), 0.1), peers, mask)
+    assert (plain.target.argmax(1) != mean.argmax(1)).any()  # the liars do move the plain mean
+
+
+def test_screened_mean_is_the_mean_when_nobody_lies():
+    for seed in range(5):
+        peers = _skewed_peers(9, 128, 10, seed)
+        mask = torch.ones(9, 128, dtype=torch.bool)
+        assert screen_peers(peers, mask, 3.0).all(), seed
+        own = torch.full((128, 10), 0.1)
+        assert_close(consensus("screened_mean", own, peers, mask).target, consensus("mean", own, peers, mask).target)
+
+
+def test_screening_needs_three_peers_and_spares_identical_ones():
+    same = torch.tensor([0.6, 0.3, 0.1]).expand(5, 4, 3).clone()
+    mask = torch.ones(5, 4, dtype=torch.bool)
+    assert screen_peers(same, mask, 3.0).all()  # MAD 0: the margin keeps rounding noise in
+    two = torch.tensor([[[1.0, 0.0, 0.0]], [[0.0, 0.0, 1.0]]])
+    assert screen_peers(two, torch.ones(2, 1, dtype=torch.bool), 3.0).all()
+    mask[4] = False  # an absent peer is never kept
+    assert not screen_peers(same, mask, 3.0)[4]
+    agreement = peer_agreement(same, torch.ones(5, 4, dtype=torch.bool))
+    assert_close(agreement, torch.ones(5))

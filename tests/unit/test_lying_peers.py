@@ -8,10 +8,10 @@ from scripts.lying_peers import LIARS, honest_accuracy
 @pytest.fixture(scope="module")
 def drops(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("liars")
-    return {rule: honest_accuracy(rule, [], tmp) - honest_accuracy(rule, LIARS, tmp) for rule in ("mean", "attention", "median")}
+    return {rule: honest_accuracy(rule, [], tmp) - honest_accuracy(rule, LIARS, tmp) for rule in ("mean", "attention", "median", "screened_mean")}
 
 
-@pytest.mark.parametrize("rule", ["attention", "median"])
+@pytest.mark.parametrize("rule", ["attention", "median", "screened_mean"])
 def test_robust_rules_lose_at_most_two_points(drops, rule):
     assert drops[rule] <= 0.02, drops
 

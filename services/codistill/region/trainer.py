@@ -400,6 +400,7 @@ class RegionTrainer:
                     chosen.mask,
                     beta=cfg.consensus.beta,
                     trim=cfg.consensus.trim,
+                    screen=cfg.consensus.screen,
                     max_weight=cfg.consensus.max_weight,
                 )
                 target, valid = c.target.to(self.device), c.valid.to(self.device)

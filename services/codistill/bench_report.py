@@ -488,7 +488,8 @@ def write_report(doc: dict, cells: list[dict], path: Path, command: str) -> Path
               "|---|---|---|---|---|---|---|---|---|"]
         for value, r in members:
             for s, a in doc["rows"][r].items():
-                if sweep == "interval" and not s.startswith("codistill"):
+                # The sweep is about the headline rule; other strategies appear where the row is shown in full.
+                if headline and s.split("@")[0] != headline and (sweep == "interval" or s != "independent"):
                     continue
                 L.append(f"| {value:g} | {r} | {s} | {_pm(a['mean_test_accuracy'])} | {_opt(a, 'error_vs_independent', '{:.2f}')} "
                          f"| {_size(a['bytes_sent_per_region'])} | {a['wall_seconds']['mean']:.0f} | {_size(a['peak_rss_bytes_total'])} "

@@ -13,7 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FormatStrFormatter  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 
 MiB = 2**20
@@ -26,6 +26,13 @@ def _color(spec: str) -> str:
         "codistill:median": "tab:brown", "codistill:trimmed_mean": "tab:olive", "codistill:robust_attention": "tab:purple",
     }
     return palette.get(spec.split("@")[0], "tab:cyan")
+
+
+def _log_x(ax, ticks: list[float]) -> None:
+    """Log x axis labelled only at `ticks`, in plain numbers."""
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _save(fig, path: Path) -> Path:
@@ -75,12 +82,12 @@ def error_reduction_vs_regions(doc: dict, spec: str, folder: Path) -> Path | Non
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     left.plot(ns, reduction, marker="o", color=_color(spec))
     left.set(xlabel="regions N (same data, split N ways)", ylabel="error reduction vs independent (%)",
-             title=f"{spec}: error reduction vs N", xscale="log")
-    left.set_xticks(ns, [f"{n:g}" for n in ns])
+             title=f"{spec}: error reduction vs N")
+    _log_x(left, ns)
     for label, key in (("independent", "independent"), (spec, spec)):
         right.plot(ns, [100 * a[key]["mean_test_accuracy"]["mean"] for _, a in points], marker="o", label=label, color=_color(key))
-    right.set(xlabel="regions N", ylabel="mean region test accuracy (%)", title="Accuracy vs N", xscale="log")
-    right.set_xticks(ns, [f"{n:g}" for n in ns])
+    right.set(xlabel="regions N", ylabel="mean region test accuracy (%)", title="Accuracy vs N")
+    _log_x(right, ns)
     right.legend(fontsize=8)
     for ax in (left, right):
         ax.grid(alpha=0.3)
@@ -141,9 +148,9 @@ def accuracy_vs_staleness(doc: dict, folder: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for s, pts in series.items():
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=s, color=_color(s))
-    ax.set(xscale="log", xlabel="steps between exchanges (staleness of peer predictions)", ylabel="mean region test accuracy (%)",
+    ax.set(xlabel="steps between exchanges (staleness of peer predictions)", ylabel="mean region test accuracy (%)",
            title="Accuracy vs exchange interval")
-    ax.set_xticks([v for v, _ in sweep], [f"{v:g}" for v, _ in sweep])
+    _log_x(ax, [v for v, _ in sweep])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, folder / "accuracy_vs_staleness.png")
@@ -155,7 +162,7 @@ def attention_heatmaps(cells: list[dict], row: str, specs: list[str], folder: Pa
     chosen = [c for c in chosen if any(r.get("peer_weights") for r in c["regions"])]
     if not chosen:
         return None
-    fig, axes = plt.subplots(1, len(chosen), figsize=(5.2 * len(chosen), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(chosen), figsize=(4.6 * len(chosen), 4.4), squeeze=False)
     liars = chosen[0]["config"]["chaos"]["liars"]
     for ax, c in zip(axes[0], chosen):
         n = len(c["regions"])
@@ -175,7 +182,7 @@ def attention_heatmaps(cells: list[dict], row: str, specs: list[str], folder: Pa
 def accuracy_by_row(doc: dict, folder: Path) -> Path:
     rows = [r for r in doc["rows"] if any("@" not in s for s in doc["rows"][r])]
     specs = sorted({s for r in rows for s in doc["rows"][r] if "@" not in s})
-    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(rows) * max(1, len(specs)) / 3), 4.5))
+    fig, ax = plt.subplots(figsize=(min(18, max(8, 1.2 * len(rows))), 5))
     width = 0.8 / max(1, len(specs))
     for k, spec in enumerate(specs):
         xs = [i + k * width for i, row in enumerate(rows) if spec in doc["rows"][row]]
@@ -184,5 +191,5 @@ def accuracy_by_row(doc: dict, folder: Path) -> Path:
                yerr=[100 * a["mean_test_accuracy"]["std"] for a in cells], label=spec, color=_color(spec))
     ax.set_xticks([i + width * (len(specs) - 1) / 2 for i in range(len(rows))], rows, rotation=20, ha="right", fontsize=8)
     ax.set(ylabel="mean region test accuracy (%)", ylim=(0, 100), title=f"Accuracy per row and strategy: {doc['suite']}")
-    ax.legend(fontsize=7, ncol=3)
+    ax.legend(fontsize=7, ncol=5, loc="lower left")
     return _save(fig, folder / "accuracy.png")

@@ -405,7 +405,8 @@ def write_report(doc: dict, cells: list[dict], path: Path, command: str) -> Path
         "bytes_vs_accuracy": plots.bytes_vs_accuracy(doc, names.get("skew", ""), folder),
         "accuracy_vs_staleness": plots.accuracy_vs_staleness(doc, folder),
         "attention_heatmap": plots.attention_heatmaps(
-            cells, names.get("lying", ""), ["codistill:attention", "codistill:robust_attention", "codistill:mean"], folder
+            cells, names.get("lying", ""),
+            ["codistill:mean", "codistill:attention", "codistill:robust_attention", "codistill:screened_mean"], folder
         ),
         "accuracy": plots.accuracy_by_row(doc, folder),
     }

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from codistill import config as config_mod
+from codistill.bench_report import honest_accuracy
 from codistill.config import STRATEGIES, ConfigError
 
 TRANSPORTS = ("inprocess", "grpc")
@@ -138,9 +139,7 @@ def extras(cfg: config_mod.RunConfig, summary: dict) -> dict[str, float]:
     regions = summary["regions"]
     out: dict[str, float] = {}
     if cfg.chaos.liars and summary["strategy"] != "centralized":
-        out["honest_mean_test_accuracy"] = float(
-            np.mean([r["test_accuracy"] for r in regions if r["id"] not in cfg.chaos.liars])
-        )
+        out["honest_mean_test_accuracy"] = honest_accuracy(summary, cfg.chaos.liars)
     if cfg.data.partition.kind == "omit":
         blind = set(cfg.omit_regions()) if summary["strategy"] != "centralized" else set()
         for label, group in (("blind", [r for r in regions if r["id"] in blind]), ("seeing", [r for r in regions if r["id"] not in blind])):

@@ -118,8 +118,7 @@ def peer_weights(
         # Query with the peers' coordinate-wise median instead of the region's own view:
         # a minority of liars cannot move the median, and a region that never saw a
         # class still listens to the peers that agree with the crowd about it.
-        center = _renormalise(_median(peers, mask), mask.any(0))
-        scores = beta * similarity(center, peers)
+        scores = beta * similarity(_median_center(peers, mask), peers)
     else:
         raise ValueError(f"{rule.value} is not a weighted rule")
     return masked_softmax(scores, mask)
@@ -135,6 +134,11 @@ def _median(peers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     # [P, B, C] -> [B, C]; the lower median of the unmasked peers, per class.
     filled = peers.masked_fill(~mask.unsqueeze(-1), float("nan"))
     return torch.nanmedian(filled, dim=0).values.nan_to_num(0.0)
+
+
+def _median_center(peers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # [P, B, C] -> [B, C]: the peers' coordinate-wise median as a distribution, the crowd's view.
+    return _renormalise(_median(peers, mask), mask.any(0))
 
 
 def _trimmed_mean(peers: torch.Tensor, mask: torch.Tensor, trim: float) -> torch.Tensor:
@@ -155,9 +159,8 @@ def peer_agreement(peers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     Bhattacharyya coefficient per example, averaged over the examples the peer
     covered (0 for a peer that covered none).
     """
-    center = _renormalise(_median(peers, mask), mask.any(0))
     m = mask.to(peers.dtype)
-    return (similarity(center, peers) * m).sum(1) / m.sum(1).clamp_min(1)
+    return (similarity(_median_center(peers, mask), peers) * m).sum(1) / m.sum(1).clamp_min(1)
 
 
 def screen_peers(peers: torch.Tensor, mask: torch.Tensor, k: float) -> torch.Tensor:

@@ -128,9 +128,7 @@ class RegionTrainer:
         self.x_test = torch.from_numpy(to_float(data.x_test)).to(self.device)
         self.y_test = torch.tensor(np.asarray(data.y_test), dtype=torch.int64, device=self.device)
         self.num_classes = data.num_classes
-        self.model = build_model(self.arch, tuple(self.x_labeled.shape[1:]), data.num_classes, cfg.regions.hidden).to(
-            self.device
-        )
+        self.model = self._new_model().to(self.device)
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
@@ -170,6 +168,10 @@ class RegionTrainer:
         # Called with a duration when chaos makes this region hang (the node pauses its handler too).
         self.on_hang: Callable[[float], None] | None = None
 
+    def _new_model(self) -> torch.nn.Module:
+        """A freshly initialised model of this region's architecture (drawn from torch's global RNG)."""
+        return build_model(self.arch, tuple(self.x_labeled.shape[1:]), self.num_classes, self.cfg.regions.hidden)
+
     # ------------------------------------------------------------ wiring
     def average_with(self, average: Callable[[int, int, dict], dict]) -> None:
         """fedavg: start from the weights every region starts from, then average every E steps.
@@ -180,7 +182,7 @@ class RegionTrainer:
         """
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.seed)
-            common = build_model(self.arch, tuple(self.x_labeled.shape[1:]), self.num_classes, self.cfg.regions.hidden)
+            common = self._new_model()
         self.model.load_state_dict(common.state_dict())
         self.average_weights = average
 

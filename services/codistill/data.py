@@ -3,7 +3,10 @@
 A run's examples are divided once, from the seed, into:
   * a test split that evaluates every region,
   * a shared *transfer set* of unlabeled examples on which regions exchange
-    predictions (Hinton et al. 2015 distil on such a set), and
+    predictions (Hinton et al. 2015 distil on such a set),
+  * a labeled *validation* split, held out of training and transfer, on which
+    every choice (rule, hyperparameters, baselines' settings) is made, so the
+    test split only reports, and
   * per-region labeled slices made by `codistill.partition`.
 
 Datasets: `digits` (bundled with scikit-learn, needs no network),
@@ -20,7 +23,7 @@ import shutil
 import struct
 import tempfile
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +71,7 @@ class Split:
     dataset: Dataset
     transfer: np.ndarray  # [M] indices of unlabeled transfer examples
     slices: list[np.ndarray]  # per region, indices of labeled examples
+    validation: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # [V] held-out labeled
 
     @property
     def labeled(self) -> np.ndarray:
@@ -215,15 +219,31 @@ def load_dataset(cfg: RunConfig) -> Dataset:
     return make_synthetic(d.synthetic_samples, d.synthetic_classes, d.test_size, cfg.seed)
 
 
+def validation_size(cfg: RunConfig, n_train: int) -> int:
+    """Examples held out for validation: as configured, else 10% of the training examples, at most 5,000."""
+    chosen = cfg.data.validation_size
+    return min(5000, n_train // 10) if chosen is None else chosen
+
+
 def make_split(cfg: RunConfig, dataset: Dataset) -> Split:
-    """Choose the transfer set and partition the rest into labeled region slices."""
+    """Choose the transfer set and the validation split, and partition the rest into labeled region slices."""
     rng = np.random.default_rng(cfg.seed)
     n = len(dataset.train.y)
     if cfg.data.transfer_size >= n:
         raise DataError(f"data.transfer_size={cfg.data.transfer_size} leaves no labeled data ({n} training samples)")
     order = rng.permutation(n)
     transfer = np.sort(order[: cfg.data.transfer_size])
-    pool = np.sort(order[cfg.data.transfer_size :])
+    n_val = validation_size(cfg, n)
+    if cfg.data.transfer_size + n_val >= n:
+        raise DataError(
+            f"data.validation_size={n_val} with data.transfer_size={cfg.data.transfer_size} leaves no labeled data "
+            f"({n} training samples)"
+        )
+    # Drawn from a generator of its own, so the transfer set and the region slices stay what
+    # they were without a validation split, apart from the examples it takes out.
+    held = np.random.default_rng([cfg.seed, 1]).permutation(order[cfg.data.transfer_size :])
+    validation = np.sort(held[:n_val])
+    pool = np.sort(held[n_val:])
     labels = dataset.train.y[pool]
     p = cfg.data.partition
     count = cfg.regions.count
@@ -238,4 +258,4 @@ def make_split(cfg: RunConfig, dataset: Dataset) -> Split:
         if bad:
             raise DataError(f"data.partition.omit_classes {bad} outside 0..{dataset.num_classes - 1}")
         local = partition.omit(labels, local, p.omit_classes, cfg.omit_regions())
-    return Split(dataset, transfer, [pool[s] for s in local])
+    return Split(dataset, transfer, [pool[s] for s in local], validation)

@@ -80,11 +80,31 @@ def test_split_is_disjoint_and_deterministic():
     ds = data.load_dataset(cfg)
     a, b = data.make_split(cfg, ds), data.make_split(cfg, ds)
     assert all(np.array_equal(x, y) for x, y in zip(a.slices, b.slices))
-    everything = np.concatenate([a.transfer, *a.slices])
+    everything = np.concatenate([a.transfer, a.validation, *a.slices])
     assert len(everything) == len(np.unique(everything)) == len(ds.train.y)
+    # The validation split is 10% of the training examples by default, never trained or distilled on.
+    assert len(a.validation) == len(ds.train.y) // 10
+    assert np.array_equal(a.validation, b.validation)
+
+
+def test_validation_split_can_be_turned_off_and_leaves_the_rest_as_it_was():
+    raw = {"regions": {"count": 4}, "data": {"partition": {"kind": "iid"}}}
+    off = config.from_dict({**raw, "data": {**raw["data"], "validation_size": 0}})
+    on = config.from_dict({**raw, "data": {**raw["data"], "validation_size": 200}})
+    ds = data.load_dataset(off)
+    a, b = data.make_split(off, ds), data.make_split(on, ds)
+    assert len(a.validation) == 0 and len(b.validation) == 200
+    assert np.array_equal(a.transfer, b.transfer)
+    assert set(np.concatenate(b.slices)) == set(np.concatenate(a.slices)) - set(b.validation)
+
+
+def test_validation_that_leaves_no_labeled_data_is_a_data_error():
+    cfg = config.from_dict({"data": {"dataset": "synthetic", "synthetic_samples": 100, "transfer_size": 40, "test_size": 30, "validation_size": 30}})
+    with pytest.raises(data.DataError, match="data.validation_size=30"):
+        data.make_split(cfg, data.load_dataset(cfg))
 
 
 def test_too_many_regions_is_a_data_error():
-    cfg = config.from_dict({"regions": {"count": 50}, "data": {"dataset": "synthetic", "synthetic_samples": 100, "transfer_size": 40, "test_size": 30}})
+    cfg = config.from_dict({"regions": {"count": 50}, "data": {"dataset": "synthetic", "synthetic_samples": 100, "transfer_size": 40, "test_size": 30, "validation_size": 0}})
     with pytest.raises(data.DataError, match="regions.count=50 exceeds the 30 labeled samples"):
         data.make_split(cfg, data.load_dataset(cfg))

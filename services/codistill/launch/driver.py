@@ -35,6 +35,7 @@ class StrategyResult:
     ensemble_test_accuracy: float
     wall_seconds: float
     transport: str
+    ensemble_validation_accuracy: float = float("nan")
 
     @property
     def mean_test_accuracy(self) -> float:
@@ -49,6 +50,11 @@ class StrategyResult:
             "min_test_accuracy": float(np.min(accs)),
             "max_test_accuracy": float(np.max(accs)),
             "ensemble_test_accuracy": self.ensemble_test_accuracy,
+            # What every choice is made on (the test figures above only report).
+            "mean_validation_accuracy": float(np.mean([r.validation_accuracy for r in self.regions])),
+            "ensemble_validation_accuracy": self.ensemble_validation_accuracy,
+            # The regions' own compute, summed: strategies differ in work per step.
+            "cpu_seconds": float(sum(r.cpu_seconds for r in self.regions)),
             "bytes_sent": int(sum(r.bytes_sent for r in self.regions)),
             "bytes_received": int(sum(r.bytes_received for r in self.regions)),
             "wall_seconds": self.wall_seconds,
@@ -56,10 +62,12 @@ class StrategyResult:
         }
 
 
-def ensemble_accuracy(results: list[RegionResult], y_test: np.ndarray) -> float:
-    """Accuracy of the average of all regions' test predictions."""
-    mean = np.mean([r.test_probs for r in results], axis=0)
-    return float((mean.argmax(1) == y_test).mean())
+def ensemble_accuracy(probs: list[np.ndarray], labels: np.ndarray) -> float:
+    """Accuracy of the average of all regions' predictions ([N, C] each); NaN on no examples."""
+    if len(labels) == 0:
+        return float("nan")
+    mean = np.mean(probs, axis=0)
+    return float((mean.argmax(1) == labels).mean())
 
 
 def new_run_id(name: str) -> str:
@@ -114,7 +122,12 @@ def run_strategy(
         )
     wall = time.perf_counter() - start
     return StrategyResult(
-        strategy, results, ensemble_accuracy(results, split.dataset.test.y), wall, cfg.exchange.transport
+        strategy,
+        results,
+        ensemble_accuracy([r.test_probs for r in results], split.dataset.test.y),
+        wall,
+        cfg.exchange.transport,
+        ensemble_accuracy([r.validation_probs for r in results], split.dataset.train.y[split.validation]),
     )
 
 
@@ -127,6 +140,7 @@ def write_results(out_dir: Path, cfg: RunConfig, run_id: str, split: Split, summ
             "train": int(len(split.dataset.train.y)),
             "test": int(len(split.dataset.test.y)),
             "transfer": int(len(split.transfer)),
+            "validation": int(len(split.validation)),
             "labeled_per_region": [int(len(s)) for s in split.slices],
             "classes": split.dataset.class_names,
         },

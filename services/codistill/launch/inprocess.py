@@ -35,7 +35,7 @@ def run_inprocess(
     torch.set_num_threads(cfg.regions.torch_threads)
     nodes = [
         RegionNode(
-            p.id, cfg, region_data(split, p), run_id=run_id, arch=p.arch, steps=p.steps, exchange=p.exchange,
+            p.id, cfg, region_data(split, p), run_id=run_id, arch=p.arch, steps=p.steps, exchange=p.exchange, self_teach=p.self_teach,
             checkpoint_dir=checkpoints / f"region-{p.id}" if checkpoints else None,
         )
         for p in plans

@@ -1,8 +1,10 @@
 """Run-level convergence, computed by the driver from the regions' evaluations.
 
-Disagreement is the mean over region pairs of the share of test examples on
-which their predicted classes differ; the run counts as converged once it
-stays under a threshold for `patience` consecutive evaluations.
+Disagreement is the mean over region pairs of the share of examples of a fixed
+probe of the unlabeled transfer set on which their predicted classes differ;
+the run counts as converged once it stays under a threshold for `patience`
+consecutive evaluations. Convergence (and so `stop_when_converged`) never
+looks at test inputs; the test split only gives the ensemble accuracy shown.
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ class RunMonitor:
         self.y_test = y_test
         self.n = n_regions
         self.tracker = ConvergenceTracker(cfg.disagreement_threshold, cfg.patience)
-        # Per region, evaluations not yet combined: index k -> (step, accuracy, test probs).
-        self.pending: list[dict[int, tuple[int, float, np.ndarray]]] = [{} for _ in range(n_regions)]
+        # Per region, evaluations not yet combined: index k -> (step, accuracy, test probs, probe classes).
+        self.pending: list[dict[int, tuple[int, float, np.ndarray, np.ndarray]]] = [{} for _ in range(n_regions)]
         self.counts = [0] * n_regions
         self.evaluations = 0
         self.records: list[dict[str, Any]] = []
@@ -75,8 +77,8 @@ class RunMonitor:
         """
         stop = False
         for i, snap in enumerate(snapshots):
-            for step, acc, probs in snap.get("evals", []):
-                self.pending[i][self.counts[i]] = (step, acc, np.asarray(probs, dtype=np.float32))
+            for step, acc, probs, probe in snap.get("evals", []):
+                self.pending[i][self.counts[i]] = (step, acc, np.asarray(probs, dtype=np.float32), np.asarray(probe))
                 self.counts[i] += 1
         while all(self.evaluations in p for p in self.pending):
             k = self.evaluations
@@ -85,9 +87,9 @@ class RunMonitor:
             stop = self._combine(k, entries) or stop
         return stop
 
-    def _combine(self, k: int, entries: list[tuple[int, float, np.ndarray]]) -> bool:
+    def _combine(self, k: int, entries: list[tuple[int, float, np.ndarray, np.ndarray]]) -> bool:
         probs = [e[2] for e in entries]
-        disagreement = pairwise_disagreement([p.argmax(1) for p in probs])
+        disagreement = pairwise_disagreement([e[3] for e in entries])
         ensemble = float((np.mean(probs, axis=0).argmax(1) == self.y_test).mean())
         mean_acc = float(np.mean([e[1] for e in entries]))
         converged = self.tracker.update(disagreement) if self.n > 1 else False

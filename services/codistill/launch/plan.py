@@ -1,8 +1,10 @@
 """Turn a config and a split into the regions a strategy runs.
 
-`codistill`, `independent` and `fedavg` run one region per labeled slice;
-the first exchanges predictions, the second never exchanges, the third
-averages weights every `exchange.average_every` steps. `centralized` runs a single
+`codistill`, `independent`, `selftrain` and `fedavg` run one region per
+labeled slice; the first exchanges predictions, the second never exchanges,
+the third never exchanges but distils from its own earlier predictions on the
+transfer set (codistill's compute without its peers), the fourth averages
+weights every `exchange.average_every` steps. `centralized` runs a single
 model on the pooled labeled data with the same total number of steps as all
 regions together, the usual upper reference.
 """
@@ -29,6 +31,7 @@ class RegionPlan:
     sends_to: list[int]
     receives_from: list[int]
     average: bool = False  # averages weights with all regions (fedavg)
+    self_teach: bool = False  # distils from its own earlier predictions (selftrain)
 
 
 def plan_regions(cfg: RunConfig, split: Split, strategy: str) -> list[RegionPlan]:
@@ -42,7 +45,10 @@ def plan_regions(cfg: RunConfig, split: Split, strategy: str) -> list[RegionPlan
     inbound = topology.sources(graph)
     average = strategy == "fedavg" and n > 1
     return [
-        RegionPlan(i, cfg.regions.architecture(i), cfg.train.steps, exchange, split.slices[i], graph[i], inbound[i], average)
+        RegionPlan(
+            i, cfg.regions.architecture(i), cfg.train.steps, exchange, split.slices[i], graph[i], inbound[i], average,
+            self_teach=strategy == "selftrain",
+        )
         for i in range(n)
     ]
 
@@ -56,4 +62,6 @@ def region_data(split: Split, plan: RegionPlan) -> RegionData:
         x_test=ds.test.x,
         y_test=ds.test.y,
         num_classes=ds.num_classes,
+        x_val=ds.train.x[split.validation],
+        y_val=ds.train.y[split.validation],
     )

@@ -71,8 +71,8 @@ class RegionActor:
         *arrays,
     ):
         # Arrays arrive as top-level arguments so Ray resolves the shared ObjectRefs.
-        x_labeled, y_labeled, x_transfer, x_test, y_test, num_classes = arrays
-        data = RegionData(x_labeled, y_labeled, x_transfer, x_test, y_test, num_classes)
+        x_labeled, y_labeled, x_transfer, x_test, y_test, num_classes, x_val, y_val = arrays
+        data = RegionData(x_labeled, y_labeled, x_transfer, x_test, y_test, num_classes, x_val, y_val)
         torch.set_num_threads(cfg.regions.torch_threads)
         device = cfg.regions.device
         if device == "auto":
@@ -86,7 +86,7 @@ class RegionActor:
             last = checkpoint.load_latest(checkpoint_dir) if checkpoint_dir else None
             restarts = (last["restarts"] if last else 0) + 1
         self.node = RegionNode(
-            region_id, cfg, data, run_id=run_id, arch=plan.arch, steps=plan.steps, exchange=plan.exchange,
+            region_id, cfg, data, run_id=run_id, arch=plan.arch, steps=plan.steps, exchange=plan.exchange, self_teach=plan.self_teach,
             device=resolve_device(device), checkpoint_dir=checkpoint_dir, restarts=restarts, resolve=self._lookup,
         )
         if plan.average:
@@ -175,12 +175,25 @@ def run_on_ray(
     hub = None
     if any(p.average for p in plans):
         hub = ray.remote(WeightAverager).options(num_cpus=0, max_concurrency=len(plans) + 2).remote([len(p.labeled) for p in plans])
-    shared = {k: ray.put(v) for k, v in (("transfer", split.dataset.train.x[split.transfer]), ("test_x", split.dataset.test.x), ("test_y", split.dataset.test.y))}
+    train = split.dataset.train
+    shared = {
+        k: ray.put(v)
+        for k, v in (
+            ("transfer", train.x[split.transfer]),
+            ("test_x", split.dataset.test.x),
+            ("test_y", split.dataset.test.y),
+            ("val_x", train.x[split.validation]),
+            ("val_y", train.y[split.validation]),
+        )
+    }
     actors = []
     for p in plans:
         d = region_data(split, p)
         # Shared arrays go through the object store once, not once per region.
-        arrays = (d.x_labeled, d.y_labeled, shared["transfer"], shared["test_x"], shared["test_y"], d.num_classes)
+        arrays = (
+            d.x_labeled, d.y_labeled, shared["transfer"], shared["test_x"], shared["test_y"], d.num_classes,
+            shared["val_x"], shared["val_y"],
+        )
         ckpt = checkpoints / f"region-{p.id}" if checkpoints else None
         actors.append(remote.remote(p.id, cfg, run_id, p, host, directory, ckpt, hub, *arrays))
     try:

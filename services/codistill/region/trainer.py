@@ -40,6 +40,9 @@ class RegionData:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    # The validation split every choice is made on; empty arrays when there is none.
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
 
 
 @dataclass
@@ -60,6 +63,11 @@ class RegionResult:
     exchange_seconds: float
     peak_rss_bytes: int  # of the hosting process (in-process runs share one)
     test_probs: np.ndarray = field(repr=False)
+    # Accuracy on the validation split (NaN without one): what choices are made on.
+    validation_accuracy: float = float("nan")
+    validation_probs: np.ndarray | None = field(default=None, repr=False)
+    # CPU seconds of the region's own thread: its compute, whatever else shares the machine.
+    cpu_seconds: float = 0.0
     # Test accuracy at every evaluation: [(step, accuracy), ...].
     curve: list[tuple[int, float]] = field(default_factory=list)
     # Mean consensus weight this region gave each peer over the run (its attention row).
@@ -68,7 +76,7 @@ class RegionResult:
     exchanges: int = 0
 
     def summary(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "test_probs"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("test_probs", "validation_probs")}
         d["messages_received"] = {str(k): v for k, v in self.messages_received.items()}
         d["peer_weights"] = {str(k): v for k, v in self.peer_weights.items()}
         d["curve"] = [list(point) for point in self.curve]
@@ -98,6 +106,19 @@ def chunk_ids(transfer_size: int, chunk_size: int | None, version: int, seed: in
     return torch.sort(order[k * chunk_size : (k + 1) * chunk_size]).values
 
 
+def publish_round(step: int, interval: int, first: int) -> int | None:
+    """The round a region publishes at `step`, or None. Rounds start at `first` (the burn-in),
+    so no region ever distils from predictions its peers made before the burn-in ended."""
+    if step < first or (step - first) % interval:
+        return None
+    return (step - first) // interval
+
+
+# Transfer examples every evaluation predicts for run-level disagreement (convergence is judged
+# on these unlabeled inputs, never on the test split).
+PROBE_SIZE = 1000
+
+
 class RegionTrainer:
     def __init__(
         self,
@@ -109,6 +130,7 @@ class RegionTrainer:
         arch: str | None = None,
         steps: int | None = None,
         exchange: bool = True,
+        self_teach: bool = False,
         device: str | torch.device = "cpu",
         checkpoint_dir: Path | None = None,
     ):
@@ -118,6 +140,8 @@ class RegionTrainer:
         self.arch = arch or cfg.regions.architecture(region_id)
         self.steps = steps if steps is not None else cfg.train.steps
         self.exchange = exchange
+        # selftrain: the region's own earlier predictions stand in for its peers' (no exchange).
+        self.self_teach = self_teach
         self.device = torch.device(device)
         seed = cfg.seed * 1000 + region_id
         torch.manual_seed(seed)
@@ -127,11 +151,12 @@ class RegionTrainer:
         self.x_transfer = torch.from_numpy(to_float(data.x_transfer)).to(self.device)
         self.x_test = torch.from_numpy(to_float(data.x_test)).to(self.device)
         self.y_test = torch.tensor(np.asarray(data.y_test), dtype=torch.int64, device=self.device)
+        x_val = data.x_val if data.x_val is not None else np.zeros((0, *data.x_test.shape[1:]), dtype=data.x_test.dtype)
+        self.x_val = torch.from_numpy(to_float(x_val)).to(self.device)
+        self.y_val = torch.tensor(np.asarray(data.y_val if data.y_val is not None else []), dtype=torch.int64, device=self.device)
         self.num_classes = data.num_classes
         self.model = self._new_model().to(self.device)
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
-        )
+        self.optimizer = self._new_optimizer()
         self.scheduler = (
             torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.steps)
             if cfg.train.lr_schedule == "cosine"
@@ -152,7 +177,8 @@ class RegionTrainer:
         self._stop = threading.Event()
         self.metrics: MetricsSink = NullMetrics()
         self.eval_step = -1
-        self._evals: list[tuple[int, float, np.ndarray]] = []  # (step, accuracy, test probs) not yet drained
+        # (step, accuracy, test probs, transfer-probe argmax) not yet drained
+        self._evals: list[tuple[int, float, np.ndarray, np.ndarray]] = []
         self.on_record: Callable[[dict[str, Any]], None] | None = None
         self.checkpoint_dir = checkpoint_dir
         self.start_step = 0
@@ -162,11 +188,16 @@ class RegionTrainer:
         self.average_weights: Callable[[int, int, dict], dict] | None = None
         self.weight_bytes = 0  # fedavg: parameter bytes sent (= received) so far
         self.exchanges = 0
+        self._cpu_before = 0.0  # CPU seconds spent before the checkpoint this run resumed from
+        self._cpu_start = time.thread_time()
         self.curve: list[tuple[int, float]] = []
         self._weight_sums: dict[int, float] = {}
         self._weight_count = 0
         # Called with a duration when chaos makes this region hang (the node pauses its handler too).
         self.on_hang: Callable[[float], None] | None = None
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.lr, weight_decay=self.cfg.train.weight_decay)
 
     def _new_model(self) -> torch.nn.Module:
         """A freshly initialised model of this region's architecture (drawn from torch's global RNG)."""
@@ -224,6 +255,7 @@ class RegionTrainer:
             else {},
             "restarts": self.restarts,
             "exchanges": self.exchanges,
+            "cpu_seconds": self._cpu_before + time.thread_time() - self._cpu_start,
             "curve": list(self.curve),
             "weight_sums": (dict(self._weight_sums), self._weight_count),
         }
@@ -252,6 +284,7 @@ class RegionTrainer:
         self.exchange_seconds = state["exchange_seconds"]
         self.weight_bytes = state.get("weight_bytes", 0)
         self.exchanges = state.get("exchanges", 0)
+        self._cpu_before = state.get("cpu_seconds", 0.0)
         self.curve = [tuple(point) for point in state.get("curve", [])]
         sums, count = state.get("weight_sums", ({}, 0))
         self._weight_sums, self._weight_count = dict(sums), count
@@ -266,6 +299,8 @@ class RegionTrainer:
     # ---------------------------------------------------------- predict
     @torch.no_grad()
     def predict(self, x: torch.Tensor, temperature: float = 1.0, batch: int = 2048) -> torch.Tensor:
+        if len(x) == 0:
+            return torch.zeros(0, self.num_classes, device=self.device)
         was = self.model.training
         self.model.eval()
         out = torch.cat([soften(self.model(x[i : i + batch]), temperature) for i in range(0, len(x), batch)])
@@ -281,11 +316,13 @@ class RegionTrainer:
     def _log_eval(self, step: int, acc: float, probs: torch.Tensor) -> None:
         self.test_accuracy, self.eval_step = acc, step
         self.curve.append((step, acc))
+        probe = self.predict(self.x_transfer[:PROBE_SIZE]).argmax(1).cpu().numpy().astype(np.int16)
         with self._records_lock:
-            self._evals.append((step, acc, probs.cpu().numpy().astype(np.float16)))
+            self._evals.append((step, acc, probs.cpu().numpy().astype(np.float16), probe))
 
-    def drain_evals(self) -> list[tuple[int, float, np.ndarray]]:
-        """Evaluations since the last call, with test predictions, for run-level convergence."""
+    def drain_evals(self) -> list[tuple[int, float, np.ndarray, np.ndarray]]:
+        """Evaluations since the last call: test predictions for the ensemble's accuracy, and
+        predicted classes on a fixed probe of the transfer set for run-level convergence."""
         with self._records_lock:
             out, self._evals = self._evals, []
         return out
@@ -307,6 +344,11 @@ class RegionTrainer:
         start = time.perf_counter()
         ids = chunk_ids(len(self.x_transfer), ex.chunk_size, version, self.cfg.seed)
         probs = self.predict(self.x_transfer[ids.to(self.device)], self.cfg.distill.temperature).cpu()
+        if self.self_teach:  # no peers: distil from this round's own predictions
+            self.version = version
+            self.exchanges += 1
+            self.exchange_seconds += time.perf_counter() - start
+            return Pool(ids, probs[None], torch.ones(1, len(ids), dtype=torch.bool))
         if self.liar:  # chaos: a confident lie on the class this region finds least likely
             probs = torch.nn.functional.one_hot(probs.argmin(1), probs.shape[1]).float()
         batch = PredictionBatch(self.run_id, self.id, version, self.step, ids, self.cfg.distill.temperature, probs)
@@ -314,6 +356,8 @@ class RegionTrainer:
         self._account(report)
         self.exchanges += 1
         self.version = version
+        if self.inbox is not None:
+            self.inbox.own_version = version
         pool = None
         arrived = 0
         if ex.mode == "sync" and self.inbox is not None and self.inbox.sources:
@@ -346,6 +390,9 @@ class RegionTrainer:
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         averaged = self.average_weights(self.id, step // self.cfg.exchange.average_every, state)
         self.model.load_state_dict(averaged)
+        if self.cfg.exchange.average_optimizer == "fresh":
+            # As common FedAvg clients do: each round starts a new local optimiser.
+            self.optimizer = self._new_optimizer()
         self.weight_bytes += sum(v.numel() * v.element_size() for v in state.values())
         self.exchanges += 1
         self.exchange_seconds += time.perf_counter() - start
@@ -359,10 +406,13 @@ class RegionTrainer:
     def run(self) -> RegionResult:
         cfg, ex = self.cfg, self.cfg.exchange
         T, lam = cfg.distill.temperature, cfg.distill.weight
-        rule = consensus_math.Rule(cfg.consensus.rule)
-        exchanging = self.exchange and not isinstance(self.transport, NullTransport)
+        # A region's own predictions are one teacher: no rule to apply.
+        rule = consensus_math.Rule.MEAN if self.self_teach else consensus_math.Rule(cfg.consensus.rule)
+        exchanging = self.self_teach or (self.exchange and not isinstance(self.transport, NullTransport))
+        first_round = cfg.distill.burn_in if lam > 0 else 0
         n = len(self.y_labeled)
         start = time.perf_counter()
+        self._cpu_start = cpu_start = time.thread_time()
         resumed = self.restore()
         if resumed is not None:
             self.record("resume", from_step=resumed, restarts=self.restarts)
@@ -382,11 +432,12 @@ class RegionTrainer:
                 self._stop.wait(chaos.hang_seconds)
             if self.inbox is not None:
                 self.inbox.clock = step
-            if exchanging and step % ex.publish_interval == 0:
-                round_pool = self._publish_and_collect(step // ex.publish_interval)
-                if ex.mode == "sync":
+            version = publish_round(step, ex.publish_interval, first_round) if exchanging else None
+            if version is not None:
+                round_pool = self._publish_and_collect(version)
+                if ex.mode == "sync" or self.self_teach:
                     pool = round_pool
-            if exchanging and ex.mode == "async" and self.inbox is not None:
+            if exchanging and ex.mode == "async" and self.inbox is not None and not self.self_teach:
                 pool = self.inbox.fresh_pool(step, ex.max_staleness)
             idx = torch.randint(0, n, (min(cfg.train.batch_size, n),), generator=self.gen).to(self.device)
             logits = self.model(self.x_labeled[idx])
@@ -457,6 +508,8 @@ class RegionTrainer:
         acc, probs = self.evaluate()
         if self.eval_step != self.step:  # stopped early: the last model was not evaluated yet
             self._log_eval(self.step, acc, probs)
+        val_probs = self.predict(self.x_val)
+        val_acc = float((val_probs.argmax(1) == self.y_val).float().mean()) if len(self.y_val) else float("nan")
         pred = probs.argmax(1)
         recall = [
             float((pred[self.y_test == c] == c).float().mean()) if (self.y_test == c).any() else float("nan")
@@ -480,6 +533,9 @@ class RegionTrainer:
             exchange_seconds=self.exchange_seconds,
             peak_rss_bytes=peak_rss_bytes(),
             test_probs=probs.cpu().numpy(),
+            validation_accuracy=val_acc,
+            validation_probs=val_probs.cpu().numpy(),
+            cpu_seconds=time.thread_time() - cpu_start + self._cpu_before,
             curve=list(self.curve),
             peer_weights={p: total / self._weight_count for p, total in self._weight_sums.items()},
             exchanges=self.exchanges,

@@ -4,8 +4,11 @@ from torch.testing import assert_close
 
 from codistill.consensus import Rule, cap_weights, consensus, peer_agreement, screen_peers
 
-WEIGHTED = ["mean", "attention", "confidence"]
-ALL = WEIGHTED + ["median", "trimmed_mean"]
+# Every rule, from the enum itself, so a new rule is held to the rule-wide properties at once.
+RULES = list(Rule)
+# Rules with no defence against a confident liar; every other rule must bound a lying minority.
+UNDEFENDED = {Rule.MEAN, Rule.ATTENTION, Rule.CONFIDENCE}
+ROBUST = [rule for rule in Rule if rule not in UNDEFENDED]
 
 
 def _random_probs(*shape, seed=0):
@@ -13,7 +16,7 @@ def _random_probs(*shape, seed=0):
     return torch.softmax(torch.randn(*shape, generator=g) * 2, dim=-1)
 
 
-@pytest.mark.parametrize("rule", WEIGHTED)
+@pytest.mark.parametrize("rule", RULES)
 def test_weights_sum_to_one(rule):
     peers = _random_probs(5, 8, 10)
     own = _random_probs(8, 10, seed=1)
@@ -24,7 +27,7 @@ def test_weights_sum_to_one(rule):
     assert_close(c.target.sum(1), torch.ones(8))
 
 
-@pytest.mark.parametrize("rule", ALL)
+@pytest.mark.parametrize("rule", RULES)
 def test_identical_peers_give_their_common_prediction(rule):
     common = _random_probs(6, 10)
     peers = common.expand(4, 6, 10).clone()
@@ -46,7 +49,7 @@ def test_large_beta_concentrates_on_most_similar_peer():
     assert_close(high.target, near, atol=1e-3, rtol=1e-3)
 
 
-@pytest.mark.parametrize("rule", WEIGHTED)
+@pytest.mark.parametrize("rule", RULES)
 def test_masked_peers_get_zero_weight(rule):
     peers = _random_probs(4, 5, 3)
     own = _random_probs(5, 3, seed=2)
@@ -61,12 +64,13 @@ def test_masked_peers_get_zero_weight(rule):
     assert_close(consensus(rule, own, poisoned, mask, beta=2.0).target, c.target)
 
 
-@pytest.mark.parametrize("rule", ["median", "trimmed_mean"])
+@pytest.mark.parametrize("rule", ROBUST)
 def test_robust_rules_ignore_a_lying_minority(rule):
     honest = torch.tensor([0.7, 0.2, 0.1]).expand(4, 1, 3) + torch.tensor([0.0, 0.01, -0.01, 0.02]).view(4, 1, 1) * torch.tensor([1.0, -1.0, 0.0])
     liar = torch.tensor([[[0.0, 0.0, 1.0]]])
     peers = torch.cat([honest, liar])
-    c = consensus(rule, torch.full((1, 3), 1 / 3), peers, torch.ones(5, 1, dtype=torch.bool), trim=0.2)
+    # beta and trim at their config defaults.
+    c = consensus(rule, torch.full((1, 3), 1 / 3), peers, torch.ones(5, 1, dtype=torch.bool), beta=5.0, trim=0.2)
     assert c.target[0].argmax() == 0
     assert c.target[0, 2] < 0.2
     mean = consensus("mean", torch.full((1, 3), 1 / 3), peers, torch.ones(5, 1, dtype=torch.bool))
@@ -86,6 +90,9 @@ def test_weight_cap_limits_every_peer_and_keeps_sum():
     capped = cap_weights(w, mask, 0.4)
     assert (capped <= 0.4 + 1e-6).all()
     assert_close(capped.sum(0), torch.ones(2))
+    # The excess goes to the uncapped peers in proportion to their weights.
+    assert_close(capped, torch.tensor([[0.4, 0.4], [0.3, 0.36], [0.3, 0.24]]))
+    assert_close(cap_weights(w, mask, 1.0), w)  # a cap of 1 caps nothing
 
 
 def test_shapes_are_checked():

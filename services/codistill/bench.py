@@ -4,14 +4,20 @@ A suite names a base config and rows of settings; each row lists the
 strategies it compares. A strategy spec is `STRATEGY[:RULE][@TRANSPORT]`:
 `codistill:median` picks a consensus rule, `codistill:attention@grpc` runs the
 same cell through real Ray and gRPC instead of the suite's transport. Every
-(row, seed) has one split that all its strategies share. Finished cells are
-cached under OUT/cells/, so an interrupted suite resumes where it stopped.
+(row, seed) has one split that all its strategies share.
+
+Finished cells are cached under OUT/cells/, keyed by a hash of the cell's
+effective config and of the code that computes it, so an interrupted suite
+resumes where it stopped, a cell whose config or code changed is run again,
+and one computation shared by several rows (centralized ignores the partition)
+runs once. A report never mixes cells from different code versions.
 Writes OUT/bench.json, OUT/report.md and OUT/plots/*.png (see bench_report).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import time
@@ -42,6 +48,12 @@ class BenchRow(BaseModel):
     # Sweep membership for plots: rows with the same sweep name form one curve over `value`.
     sweep: str | None = None
     value: float | None = None
+    # Settings for some strategies only, by strategy name or spec: {fedavg: {train.lr: 0.01}}.
+    strategy_set: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Tuning suites: rows of one group are candidates for one choice, scored on validation.
+    # A candidate is the row's label (one setting per row) or, without a label, each strategy spec.
+    group: str | None = None
+    label: str | None = None
 
 
 class Suite(BaseModel):
@@ -59,6 +71,11 @@ class Suite(BaseModel):
     # Hand-written Markdown (path relative to the suite file) that the report prints under the
     # targets: what the figures mean and what limits a missed target.
     commentary: str | None = None
+    # Settings for some strategies only, in every row (a row's own strategy_set wins).
+    strategy_set: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Rows whose figures stand for a strategy in other rows where that strategy computes the same
+    # thing (centralized pools every slice, so the partition cannot change it): {centralized: row}.
+    reference: dict[str, str] = Field(default_factory=dict)
 
 
 def parse_strategy(spec: str) -> tuple[str, str | None, str | None]:
@@ -100,12 +117,22 @@ def load_suite(path: Path) -> Suite:
     for target, row_name in suite.targets.items():
         if row_name not in names:
             raise ConfigError(f"{path}: target '{target}' names row '{row_name}', which the suite does not have")
+    for strategy, row_name in suite.reference.items():
+        if row_name not in names:
+            raise ConfigError(f"{path}: reference for '{strategy}' names row '{row_name}', which the suite does not have")
     return suite
+
+
+def _strategy_overrides(table: dict[str, dict[str, Any]], spec: str) -> dict[str, Any]:
+    """Settings of `table` that apply to `spec`: by strategy name, then by spec without transport."""
+    head = spec.split("@")[0]
+    return {**table.get(head.split(":")[0], {}), **(table.get(head, {}) if head != head.split(":")[0] else {})}
 
 
 def cell_config(suite: Suite, row: BenchRow, spec: str, seed: int) -> config_mod.RunConfig:
     raw = copy.deepcopy(suite.base)
-    overrides = [f"{k}={json.dumps(v)}" for k, v in row.set.items()]
+    settings = {**row.set, **_strategy_overrides(suite.strategy_set, spec), **_strategy_overrides(row.strategy_set, spec)}
+    overrides = [f"{k}={json.dumps(v)}" for k, v in settings.items()]
     raw = config_mod.apply_overrides(raw, overrides)
     strategy, rule, transport = parse_strategy(spec)
     raw["strategy"] = strategy
@@ -121,8 +148,35 @@ def cell_config(suite: Suite, row: BenchRow, spec: str, seed: int) -> config_mod
         raise ConfigError(f"row '{row.name}', '{spec}': {exc}") from None
 
 
-def cell_id(row: str, spec: str, seed: int) -> str:
-    return f"{row}__{spec.replace(':', '-').replace('@', '.')}__seed{seed}"
+# Modules that only render results: changing them cannot change a cell's numbers.
+_REPORTING = {"bench_report.py", "bench_plots.py", "report.py", "progress.py"}
+
+
+def code_version() -> str:
+    """Hash of the package's source that computes cells (everything but the report writers)."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        if path.name in _REPORTING and path.parent == root:
+            continue
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def effective_config(cfg: config_mod.RunConfig) -> dict[str, Any]:
+    """What a cell's numbers depend on: the resolved config without its name and secrets, and without
+    the partition for centralized, which trains on the union of all slices (the same for every partition)."""
+    doc = cfg.model_dump(mode="json")
+    doc.pop("name")
+    doc["security"]["token"] = None
+    if cfg.strategy == "centralized":
+        doc["data"].pop("partition")
+    return doc
+
+
+def cell_key(cfg: config_mod.RunConfig, version: str) -> str:
+    blob = json.dumps({"config": effective_config(cfg), "code": version}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
 def cells_of(suite: Suite, seeds: int | None = None) -> list[tuple[BenchRow, str, int]]:
@@ -140,6 +194,9 @@ def extras(cfg: config_mod.RunConfig, summary: dict) -> dict[str, float]:
     out: dict[str, float] = {}
     if cfg.chaos.liars and summary["strategy"] != "centralized":
         out["honest_mean_test_accuracy"] = honest_accuracy(summary, cfg.chaos.liars)
+    if cfg.chaos.liars and summary["strategy"] != "centralized":
+        honest = [r for r in regions if r["id"] not in cfg.chaos.liars]
+        out["honest_mean_validation_accuracy"] = float(np.mean([r["validation_accuracy"] for r in honest]))
     if cfg.data.partition.kind == "omit":
         blind = set(cfg.omit_regions()) if summary["strategy"] != "centralized" else set()
         for label, group in (("blind", [r for r in regions if r["id"] in blind]), ("seeing", [r for r in regions if r["id"] not in blind])):
@@ -179,9 +236,14 @@ def run_bench(
     cells_dir = out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     plan = cells_of(suite, seeds)
-    todo = [] if cached_only else [
-        (row, spec, seed) for row, spec, seed in plan if not (cells_dir / f"{cell_id(row.name, spec, seed)}.json").is_file()
-    ]
+    version = code_version()
+
+    def cell_path(row: BenchRow, spec: str, seed: int) -> Path:
+        return cells_dir / f"{cell_key(cell_config(suite, row, spec, seed), version)}.json"
+
+    todo = [] if cached_only else [(row, spec, seed) for row, spec, seed in plan if not cell_path(row, spec, seed).is_file()]
+    # Cells of the same computation (same key) run once.
+    todo = list({cell_path(*c): c for c in todo}.values())
     grpc = [(cell_config(suite, row, spec, seed), spec) for row, spec, seed in todo]
     grpc = [(cfg, spec) for cfg, spec in grpc if cfg.exchange.transport == "grpc" and cfg.strategy != "centralized"]
     ray_started = False
@@ -191,9 +253,10 @@ def run_bench(
     ran = 0
     try:
         for done, (row, spec, seed) in enumerate(plan, 1):
-            path = cells_dir / f"{cell_id(row.name, spec, seed)}.json"
+            path = cell_path(row, spec, seed)
             if path.is_file():
-                cells.append(json.loads(path.read_text()))
+                cached = json.loads(path.read_text())
+                cells.append({**cached, "row": row.name, "spec": spec, "seed": seed})
                 announce(f"[{done}/{len(plan)}] {row.name} {spec} seed {seed}: cached")
                 continue
             if cached_only:
@@ -209,7 +272,10 @@ def run_bench(
             started = time.perf_counter()
             result = driver.run_strategy(cfg, splits[key], cfg.strategy, driver.new_run_id(cfg.name))
             summary = result.summary()
-            summary.update(row=row.name, spec=spec, seed=seed, extras=extras(cfg, summary), config=cfg.model_dump(mode="json"))
+            summary.update(
+                row=row.name, spec=spec, seed=seed, extras=extras(cfg, summary), config=cfg.model_dump(mode="json"),
+                code_version=version, key=path.stem,
+            )
             summary["config"]["security"]["token"] = None
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(summary))

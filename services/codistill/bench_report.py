@@ -106,7 +106,14 @@ def machine() -> dict[str, Any]:
     }
 
 
+class MixedVersions(ValueError):
+    """Cells computed by different code: their figures cannot stand side by side."""
+
+
 def aggregate(suite, suite_file: str, cells: list[dict]) -> dict[str, Any]:
+    versions = sorted({c.get("code_version", "unknown") for c in cells})
+    if len(versions) > 1:
+        raise MixedVersions(f"cells come from {len(versions)} code versions ({', '.join(versions)}); rerun the suite")
     rows: dict[str, dict[str, Any]] = {}
     for row in suite.rows:
         by_spec = {spec: [c for c in cells if c["row"] == row.name and c["spec"] == spec] for spec in row.strategies}

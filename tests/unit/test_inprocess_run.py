@@ -3,7 +3,9 @@
 import json
 
 import numpy as np
+import pytest
 
+from codistill.consensus import Rule
 from codistill.launch import driver
 
 
@@ -33,15 +35,56 @@ def test_results_files_have_the_documented_keys(tiny_cfg, tmp_path):
     assert (tmp_path / "config.yaml").exists()
 
 
-def test_heterogeneous_regions_and_every_rule(tiny_cfg, tmp_path):
-    for rule in ("mean", "confidence", "median", "trimmed_mean"):
-        cfg = tiny_cfg.model_copy(deep=True)
-        cfg.regions.models = ["mlp", "cnn", "mlp"]
-        cfg.consensus.rule = rule
-        cfg.train.steps = 30
-        doc = driver.run(cfg, tmp_path / rule)
-        assert [r["arch"] for r in doc["regions"]] == ["mlp", "cnn", "mlp"]
-        assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in doc["regions"])
+@pytest.mark.parametrize("rule", list(Rule))
+def test_heterogeneous_regions_train_with_every_rule(tiny_cfg, tmp_path, rule):
+    cfg = tiny_cfg.model_copy(deep=True)
+    cfg.regions.models = ["mlp", "cnn", "mlp"]
+    cfg.consensus.rule = rule.value
+    cfg.train.steps = 30
+    doc = driver.run(cfg, tmp_path)
+    assert [r["arch"] for r in doc["regions"]] == ["mlp", "cnn", "mlp"]
+    for r in doc["regions"]:
+        # Each region distilled from both its peers under this rule ...
+        peers = {str(i) for i in range(3)} - {str(r["id"])}
+        assert set(r["peer_weights"]) == peers, r["peer_weights"]
+        assert sum(r["peer_weights"].values()) == pytest.approx(1.0)
+        # ... and learned: 4 classes, chance is 0.25.
+        assert r["test_accuracy"] > 0.4, r
+
+
+def _honest_mean(summary: dict, liars: list[int]) -> float:
+    return float(np.mean([r["test_accuracy"] for r in summary["regions"] if r["id"] not in liars]))
+
+
+def _with_a_liar(tiny_cfg, rule: str, tmp_path) -> tuple[dict, dict]:
+    """5 regions on the tiny skewed split (Dirichlet α=0.3), region 0 publishing confident lies.
+
+    Returns the codistill and independent summaries.
+    """
+    cfg = tiny_cfg.model_copy(deep=True)
+    cfg.regions.count = 5  # 4 peers each: enough for screened_mean to judge them
+    cfg.consensus.rule = rule
+    cfg.train.steps = 100
+    cfg.chaos.liars = [0]
+    cmp = driver.run(cfg, tmp_path, compare=["independent"])["compare"]
+    return cmp["codistill"], cmp["independent"]
+
+
+@pytest.mark.parametrize("rule", [Rule.ROBUST_ATTENTION, Rule.SCREENED_MEAN])
+def test_robust_rules_codistill_past_a_liar_on_a_skewed_split(tiny_cfg, tmp_path, rule):
+    co, alone = _with_a_liar(tiny_cfg, rule.value, tmp_path)
+    assert _honest_mean(co, [0]) > _honest_mean(alone, [0]) + 0.1, (co["regions"], alone["regions"])
+    alone_by_id = {r["id"]: r for r in alone["regions"]}
+    for mine in (r for r in co["regions"] if r["id"] != 0):
+        assert mine["test_accuracy"] > alone_by_id[mine["id"]]["test_accuracy"], mine["id"]
+        # The liar got far less than a fair share (1/4) of this region's consensus weight.
+        assert mine["peer_weights"]["0"] < 0.1, mine["peer_weights"]
+
+
+def test_the_liar_poisons_the_plain_mean(tiny_cfg, tmp_path):
+    # The setup above has teeth: without a defence the same liar makes co-distillation worse than none.
+    co, alone = _with_a_liar(tiny_cfg, Rule.MEAN.value, tmp_path)
+    assert _honest_mean(co, [0]) < _honest_mean(alone, [0])
 
 
 def test_async_mode_and_ring(tiny_cfg, tmp_path):

@@ -149,7 +149,7 @@ def cell_config(suite: Suite, row: BenchRow, spec: str, seed: int) -> config_mod
 
 
 # Modules that only render results: changing them cannot change a cell's numbers.
-_REPORTING = {"bench_report.py", "bench_plots.py", "report.py", "progress.py"}
+_REPORTING = {"bench_report.py", "bench_plots.py", "bench_stats.py", "bench_markdown.py", "report.py", "progress.py"}
 
 
 def code_version() -> str:
@@ -174,9 +174,19 @@ def effective_config(cfg: config_mod.RunConfig) -> dict[str, Any]:
     return doc
 
 
-def cell_key(cfg: config_mod.RunConfig, version: str) -> str:
-    blob = json.dumps({"config": effective_config(cfg), "code": version}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+def config_key(cfg: config_mod.RunConfig) -> str:
+    return hashlib.sha256(json.dumps(effective_config(cfg), sort_keys=True).encode()).hexdigest()[:20]
+
+
+def find_cell(cells_dir: Path, cfg: config_mod.RunConfig, version: str | None) -> Path | None:
+    """The cached cell of this config computed by code `version`; with None, by any version (the
+    newest), for reporting on what is finished: the report then refuses cells of mixed versions."""
+    key = config_key(cfg)
+    if version is not None:
+        path = cells_dir / f"{key}-{version}.json"
+        return path if path.is_file() else None
+    found = sorted(cells_dir.glob(f"{key}-*.json"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
 
 
 def cells_of(suite: Suite, seeds: int | None = None) -> list[tuple[BenchRow, str, int]]:
@@ -239,9 +249,12 @@ def run_bench(
     version = code_version()
 
     def cell_path(row: BenchRow, spec: str, seed: int) -> Path:
-        return cells_dir / f"{cell_key(cell_config(suite, row, spec, seed), version)}.json"
+        return cells_dir / f"{config_key(cell_config(suite, row, spec, seed))}-{version}.json"
 
-    todo = [] if cached_only else [(row, spec, seed) for row, spec, seed in plan if not cell_path(row, spec, seed).is_file()]
+    def cached(row: BenchRow, spec: str, seed: int) -> Path | None:
+        return find_cell(cells_dir, cell_config(suite, row, spec, seed), None if cached_only else version)
+
+    todo = [] if cached_only else [(row, spec, seed) for row, spec, seed in plan if cached(row, spec, seed) is None]
     # Cells of the same computation (same key) run once.
     todo = list({cell_path(*c): c for c in todo}.values())
     grpc = [(cell_config(suite, row, spec, seed), spec) for row, spec, seed in todo]
@@ -253,16 +266,16 @@ def run_bench(
     ran = 0
     try:
         for done, (row, spec, seed) in enumerate(plan, 1):
-            path = cell_path(row, spec, seed)
-            if path.is_file():
-                cached = json.loads(path.read_text())
-                cells.append({**cached, "row": row.name, "spec": spec, "seed": seed})
+            found = cached(row, spec, seed)
+            if found is not None:
+                cells.append({**json.loads(found.read_text()), "row": row.name, "spec": spec, "seed": seed})
                 announce(f"[{done}/{len(plan)}] {row.name} {spec} seed {seed}: cached")
                 continue
             if cached_only:
                 announce(f"[{done}/{len(plan)}] {row.name} {spec} seed {seed}: not run yet, left out")
                 continue
             cfg = cell_config(suite, row, spec, seed)
+            path = cell_path(row, spec, seed)
             if cfg.exchange.transport == "grpc" and grpc and not ray_started:
                 _start_ray_for(grpc)
                 ray_started = True
@@ -274,7 +287,7 @@ def run_bench(
             summary = result.summary()
             summary.update(
                 row=row.name, spec=spec, seed=seed, extras=extras(cfg, summary), config=cfg.model_dump(mode="json"),
-                code_version=version, key=path.stem,
+                code_version=version,
             )
             summary["config"]["security"]["token"] = None
             tmp = path.with_suffix(".tmp")
@@ -284,9 +297,10 @@ def run_bench(
             ran += 1
             elapsed = time.perf_counter() - suite_start
             left = elapsed / ran * (len(todo) - ran)  # a rough guess: cells differ in cost
+            # Validation, not test: choices are made while watching a suite run.
             announce(
-                f"[{done}/{len(plan)}] {row.name} {spec} seed {seed}: mean accuracy "
-                f"{summary['mean_test_accuracy']:.3f} ({time.perf_counter() - started:.0f} s; "
+                f"[{done}/{len(plan)}] {row.name} {spec} seed {seed}: mean validation accuracy "
+                f"{summary['mean_validation_accuracy']:.3f} ({time.perf_counter() - started:.0f} s; "
                 f"{elapsed / 60:.1f} min so far, about {left / 60:.0f} min to go)"
             )
     finally:

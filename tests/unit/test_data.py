@@ -35,11 +35,33 @@ def test_truncated_idx_is_an_error(tmp_path):
         data.read_idx(tmp_path / "b.gz")
 
 
-def test_data_dir_env_is_searched_first(tmp_path, monkeypatch):
+@pytest.fixture
+def search_dirs(tmp_path, monkeypatch):
+    """The user cache and Debian's folder, moved under tmp_path and empty."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CODISTILL_DATA_DIR", raising=False)
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    return tmp_path / "home" / ".cache" / "codistill", tmp_path / "debian"
+
+
+def test_data_dir_env_is_searched_first(tmp_path, monkeypatch, search_dirs):
+    cache, debian = search_dirs
+    _fake_fashion(cache, n_train=30)
+    _fake_fashion(debian, n_train=40)
     _fake_fashion(tmp_path / "fm")
     monkeypatch.setenv("CODISTILL_DATA_DIR", str(tmp_path / "fm"))
     ds = data.load_fashion_mnist(download=False)
     assert ds.train.x.shape == (50, 1, 28, 28) and ds.test.y.shape == (20,)
+    monkeypatch.delenv("CODISTILL_DATA_DIR")
+    assert len(data.load_fashion_mnist(download=False).train.y) == 30  # then the user cache
+    (cache / "t10k-labels-idx1-ubyte.gz").unlink()  # an incomplete folder is passed over
+    assert len(data.load_fashion_mnist(download=False).train.y) == 40  # then Debian's package
+
+
+def test_missing_dataset_without_download_names_the_folders(search_dirs):
+    cache, debian = search_dirs
+    with pytest.raises(data.DataError, match=f"fashion-mnist not found in {cache}, {debian}"):
+        data.load_fashion_mnist(download=False)
 
 
 @pytest.fixture
@@ -70,9 +92,43 @@ def test_download_with_wrong_checksum_keeps_nothing(tmp_path, http_folder):
     assert not list((tmp_path / "dl").glob("*.part"))
 
 
-def test_canonical_checksums_are_the_published_ones():
-    assert data.FASHION_MNIST_FILES["train-images-idx3-ubyte.gz"] == "8d4fb7e6c68d591d4c3dfef9ec88bf0d"
-    assert len(data.FASHION_MNIST_FILES) == 4
+def test_download_checks_the_published_checksums_by_default(tmp_path):
+    # Generated files are not the published ones, so without explicit checksums the first is refused.
+    src = tmp_path / "served"
+    _fake_fashion(src)
+    first = next(iter(data.FASHION_MNIST_FILES))
+    with pytest.raises(data.DataError, match=f"{first}: checksum mismatch .*expected {data.FASHION_MNIST_FILES[first]}"):
+        data.download_fashion_mnist(tmp_path / "dl", base_url=src.as_uri() + "/")
+    assert not list((tmp_path / "dl").iterdir())
+
+
+def _corrupt(path):
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def test_a_file_corrupted_at_the_source_is_discarded(tmp_path):
+    src = tmp_path / "served"
+    sums = _fake_fashion(src)
+    _corrupt(src / "t10k-images-idx3-ubyte.gz")
+    with pytest.raises(data.DataError, match="t10k-images-idx3-ubyte.gz: checksum mismatch"):
+        data.download_fashion_mnist(tmp_path / "dl", base_url=src.as_uri() + "/", checksums=sums)
+    # Files fetched before it verified and are kept; the bad one and its partial download are not.
+    assert sorted(f.name for f in (tmp_path / "dl").iterdir()) == ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+
+
+def test_a_corrupted_local_copy_is_fetched_again_and_a_good_one_is_kept(tmp_path, http_folder):
+    url, sums = http_folder
+    dest = data.download_fashion_mnist(tmp_path / "dl", base_url=url, checksums=sums)
+    _corrupt(dest / "train-labels-idx1-ubyte.gz")
+    data.download_fashion_mnist(dest, base_url=url, checksums=sums)
+    assert data.md5sum(dest / "train-labels-idx1-ubyte.gz") == sums["train-labels-idx1-ubyte.gz"]
+    # Every file is now good: nothing is fetched, so an unreachable source does not matter.
+    gone = (tmp_path / "nowhere").as_uri() + "/"
+    assert data.download_fashion_mnist(dest, base_url=gone, checksums=sums) == dest
+    with pytest.raises(data.DataError, match="could not download"):
+        data.download_fashion_mnist(tmp_path / "empty", base_url=gone, checksums=sums)
 
 
 def test_split_is_disjoint_and_deterministic():

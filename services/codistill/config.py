@@ -7,11 +7,25 @@ field and what it accepts.
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from annotated_types import MaxLen
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 # selftrain: independent regions that distil from their own earlier predictions on the transfer
 # set, with codistill's compute per step and no exchange (the control for "is it the peers?").
@@ -23,58 +37,116 @@ class ConfigError(ValueError):
     """A configuration problem, phrased for the user (one line)."""
 
 
+# A value echoed in an error is cut to this many characters, so a huge string or list in a
+# config cannot flood the terminal; paths get more room, keeping their informative tail.
+EXCERPT_CHARS = 40
+PATH_EXCERPT_CHARS = 80
+# A config is a few KB of YAML; reading a huge file whole would only exhaust memory.
+MAX_CONFIG_BYTES = 1024 * 1024
+INT32_MAX = 2**31 - 1
+# The longest wait any timeout may ask for: longer is indistinguishable from a hang
+# (and far longer overflows the clocks behind sleeps and RPC deadlines).
+DAY_S = 86_400.0
+
+
+def excerpt(value: object) -> str:
+    """A short, single-line repr of a user-supplied value for an error message."""
+    try:
+        text = repr(value) if isinstance(value, str) else reprlib.repr(value)
+    except ValueError:  # ints beyond Python's str-conversion limit
+        text = f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 3] + "..."
+
+
+def excerpt_path(path: str | Path) -> str:
+    """A path for an error message: its tail when long, never more than one line."""
+    text = repr(str(path))[1:-1]
+    return text if len(text) <= PATH_EXCERPT_CHARS else "..." + text[3 - PATH_EXCERPT_CHARS :]
+
+
+def _int32(value: int) -> int:
+    # A validator rather than a Field bound, so a field's own tighter `le` is not overridden.
+    if value > INT32_MAX:
+        raise PydanticCustomError("less_than_equal", "Input should be less than or equal to {le}", {"le": INT32_MAX})
+    return value
+
+
+def _not_bool(value: Any) -> Any:
+    # Python's bool is a number, so a stray `true` would silently become 1.0.
+    if isinstance(value, bool):
+        raise ValueError("expects a number, not true/false")
+    return value
+
+
+# Counts, sizes, steps and ids: YAML and `--set key=3` give real ints; a bool (an int to Python)
+# or a float is a mistake. int32 is ample for all of them, and numpy, torch and gRPC overflow past it.
+Int = Annotated[int, Strict(), AfterValidator(_int32)]
+# Rates, weights, fractions and seconds: never a bool, and finite (see _Strict's allow_inf_nan).
+Real = Annotated[float, BeforeValidator(_not_bool)]
+# Filesystem paths: PATH_MAX on Linux; longer ones fail in the OS with a confusing error.
+PathText = Annotated[str, MaxLen(4096)]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: inf/NaN in any float (a rate, a temperature, a timeout) would hang a
+    # wait or poison training, so finiteness is every float field's default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class PartitionConfig(_Strict):
     # Label skew is the interesting case for co-distillation; iid is the easy baseline.
     kind: Literal["iid", "dirichlet", "omit"] = "iid"
     # 0.5 is a common moderate-skew setting in the federated literature.
-    alpha: float = Field(0.5, gt=0)
+    alpha: Real = Field(0.5, gt=0)
     # Hinton et al. hid the digit 3.
-    omit_classes: list[int] = Field(default_factory=lambda: [3])
+    omit_classes: list[Int] = Field(default_factory=lambda: [3])
     # Regions that never see omit_classes labelled; None = the first half.
-    omit_regions: list[int] | None = None
+    omit_regions: list[Int] | None = None
 
 
 class DataConfig(_Strict):
     # digits ships with scikit-learn, so the default needs no network.
     dataset: Literal["digits", "fashion-mnist", "synthetic"] = "digits"
     # Unlabeled examples shared by all regions for exchanging predictions.
-    transfer_size: int = Field(400, ge=1)
+    # At most 10M here and below: more than any dataset supported, and memory runs out first.
+    transfer_size: Int = Field(400, ge=1, le=10_000_000)
     # Held out for evaluating every region (digits/synthetic; fashion-mnist uses its own test set).
-    test_size: int = Field(360, ge=1)
+    test_size: Int = Field(360, ge=1, le=10_000_000)
     # Labeled examples held out of the training data for every choice (rule, hyperparameters,
     # baselines' settings), never trained or distilled on; the test split only reports.
     # None = 10% of the training examples, at most 5,000: at 85% accuracy that is a standard
     # error of 0.5 points on Fashion-MNIST, while costing each region under a tenth of its data.
-    validation_size: int | None = Field(None, ge=0)
+    validation_size: Int | None = Field(None, ge=0)
     # Where fashion-mnist IDX files are looked for first; None = $CODISTILL_DATA_DIR.
-    data_dir: str | None = None
-    # Small enough for a unit test, large enough to separate strategies.
-    synthetic_samples: int = Field(2000, ge=10)
-    synthetic_classes: int = Field(4, ge=2)
+    data_dir: PathText | None = None
+    # Small enough for a unit test, large enough to separate strategies; generated in memory,
+    # so capped at 10M samples (2.6 GB).
+    synthetic_samples: Int = Field(2000, ge=10, le=10_000_000)
+    # At most 1,000: every prediction exchanged carries one probability per class.
+    synthetic_classes: Int = Field(4, ge=2, le=1000)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
 
 
 class RegionsConfig(_Strict):
-    # Four regions make a peer-to-peer graph that is more than a pair.
-    count: int = Field(4, ge=1)
+    # Four regions make a peer-to-peer graph that is more than a pair. At most 10,000: each is a
+    # process with its own gRPC server, and a full topology opens count² connections.
+    count: Int = Field(4, ge=1, le=10_000)
     # An MLP trains fast on CPU; cnn is there for heterogeneous runs.
     model: Literal["mlp", "cnn"] = "mlp"
     # Per-region architectures, overriding `model` (length must equal count).
     models: list[Literal["mlp", "cnn"]] | None = None
-    # Two hidden layers of 256: the classic MNIST MLP, scaled down.
-    hidden: list[int] = Field(default_factory=lambda: [256, 256])
+    # Two hidden layers of 256: the classic MNIST MLP, scaled down. At least one layer; at most
+    # 16 layers of 16,384 units, beyond which one region's weights alone exhaust memory.
+    hidden: list[Annotated[Int, Field(ge=1, le=16_384)]] = Field(default_factory=lambda: [256, 256], min_length=1, max_length=16)
     # Fractional CPUs let several regions share a small machine.
-    num_cpus: float = Field(0.5, gt=0)
+    num_cpus: Real = Field(0.5, gt=0)
     # GPUs per region when CUDA is present (fractional allowed); 0 = CPU.
-    num_gpus: float = Field(0.0, ge=0)
+    num_gpus: Real = Field(0.0, ge=0)
     # auto picks cuda when the region was given a GPU, else cpu.
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # One intra-op thread per region keeps N regions from fighting over cores.
-    torch_threads: int = Field(1, ge=1)
+    # One intra-op thread per region keeps N regions from fighting over cores; at most 256,
+    # since torch starts every one of them.
+    torch_threads: Int = Field(1, ge=1, le=256)
 
     @model_validator(mode="after")
     def _models_length(self) -> RegionsConfig:
@@ -88,40 +160,41 @@ class RegionsConfig(_Strict):
 
 class TrainConfig(_Strict):
     # Optimisation steps per region; each step sees one labeled batch.
-    steps: int = Field(300, ge=1)
-    batch_size: int = Field(64, ge=1)
+    steps: Int = Field(300, ge=1)
+    # At most 2**20 examples a batch here and in distill: larger only exhausts memory.
+    batch_size: Int = Field(64, ge=1, le=2**20)
     # Adam at 1e-3 is robust across both models without tuning.
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: Real = Field(1e-3, gt=0)
+    weight_decay: Real = Field(0.0, ge=0)
     # constant: a decaying rate stops regions from absorbing late consensus (measured worse).
     lr_schedule: Literal["constant", "cosine"] = "constant"
     # Evaluate on the test split this often (steps).
-    eval_every: int = Field(50, ge=1)
+    eval_every: Int = Field(50, ge=1)
 
 
 class DistillConfig(_Strict):
     # T=3 exposes dark knowledge without flattening predictions to uniform.
-    temperature: float = Field(3.0, gt=0)
+    temperature: Real = Field(3.0, gt=0)
     # λ: weight of the distillation term relative to the supervised loss.
-    weight: float = Field(1.0, ge=0)
+    weight: Real = Field(1.0, ge=0)
     # Steps before distillation starts, so random-init predictions are not copied.
-    burn_in: int = Field(50, ge=0)
+    burn_in: Int = Field(50, ge=0)
     # Transfer examples per distillation step.
-    batch_size: int = Field(128, ge=1)
+    batch_size: Int = Field(128, ge=1, le=2**20)
 
 
 class ConsensusConfig(_Strict):
     # attention: GLOM-style weighting that trusts peers who agree with the region.
     rule: Literal["mean", "attention", "confidence", "median", "trimmed_mean", "robust_attention", "screened_mean"] = "attention"
     # Inverse temperature of the peer softmax; 0 makes attention/confidence a plain mean.
-    beta: float = Field(5.0, ge=0)
+    beta: Real = Field(5.0, ge=0)
     # Fraction trimmed at each end by trimmed_mean.
-    trim: float = Field(0.2, ge=0, lt=0.5)
+    trim: Real = Field(0.2, ge=0, lt=0.5)
     # screened_mean: a peer whose agreement with the crowd falls this many (normal-scaled) MADs
     # below the typical peer's is left out; 3 is the usual outlier cut.
-    screen: float = Field(3.0, gt=0)
+    screen: Real = Field(3.0, gt=0)
     # Cap on one peer's weight (weighted rules); 1 = no cap.
-    max_weight: float = Field(1.0, gt=0, le=1)
+    max_weight: Real = Field(1.0, gt=0, le=1)
 
 
 class ExchangeConfig(_Strict):
@@ -129,27 +202,29 @@ class ExchangeConfig(_Strict):
     mode: Literal["sync", "async"] = "sync"
     topology: Literal["full", "ring", "random-k"] = "full"
     # Peers each region sends to under random-k.
-    k: int = Field(2, ge=1)
+    k: Int = Field(2, ge=1)
     # grpc is the real service; inprocess is the reference for tests and benchmarks.
     transport: Literal["grpc", "inprocess"] = "grpc"
     # Steps between publishes (= one round in sync mode).
-    publish_interval: int = Field(25, ge=1)
+    publish_interval: Int = Field(25, ge=1)
     # Transfer examples per published message; None = the whole transfer set.
-    chunk_size: int | None = Field(None, ge=1)
+    chunk_size: Int | None = Field(None, ge=1)
     # async: a peer prediction is used for this many of the receiver's steps after it arrives.
-    max_staleness: int = Field(100, ge=1)
+    max_staleness: Int = Field(100, ge=1)
     # sync: fraction of senders a round waits for (1.0 = all).
-    quorum: float = Field(1.0, gt=0, le=1)
-    # sync: longest wait for a round's quorum before going on with what arrived.
-    round_timeout_s: float = Field(30.0, gt=0)
-    # Deadline on every peer RPC.
-    rpc_timeout_s: float = Field(10.0, gt=0)
+    quorum: Real = Field(1.0, gt=0, le=1)
+    # sync: longest wait for a round's quorum before going on with what arrived (at most a day).
+    round_timeout_s: Real = Field(30.0, gt=0, le=DAY_S)
+    # Deadline on every peer RPC (at most a day).
+    rpc_timeout_s: Real = Field(10.0, gt=0, le=DAY_S)
     # float16 halves the bytes; probabilities need no more precision.
     dtype: Literal["float16", "float32"] = "float16"
-    # Explicit gRPC message cap on both sides (bytes).
-    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # gRPC message cap on both sides (bytes); None = each region derives it from the largest
+    # message it can receive (ids per message x classes x dtype bytes, with headroom).
+    # gRPC holds the cap in an int32, hence below 2**31.
+    max_message_bytes: Int | None = Field(None, ge=1024, lt=2**31)
     # fedavg: steps between weight averages (the weight-sharing baseline).
-    average_every: int = Field(50, ge=1)
+    average_every: Int = Field(50, ge=1)
     # fedavg: "fresh" starts a new optimiser after every average, as common FedAvg clients do;
     # "keep" carries each region's Adam moments across averages. Pick on validation.
     average_optimizer: Literal["fresh", "keep"] = "fresh"
@@ -161,42 +236,43 @@ class MonitorConfig(_Strict):
     # Metrics cost little and show convergence live; --no-metrics turns them off.
     metrics: bool = True
     # A run is "converged" once mean pairwise disagreement stays under this...
-    disagreement_threshold: float = Field(0.05, ge=0, le=1)
+    disagreement_threshold: Real = Field(0.05, ge=0, le=1)
     # ...for this many consecutive evaluations.
-    patience: int = Field(3, ge=1)
+    patience: Int = Field(3, ge=1)
     # End the run early once converged.
     stop_when_converged: bool = False
-    # Keep /metrics up this long after training so the final values get scraped.
-    linger_s: float = Field(0.0, ge=0)
+    # Keep /metrics up this long after training so the final values get scraped (at most a day).
+    linger_s: Real = Field(0.0, ge=0, le=DAY_S)
 
 
 class FaultConfig(_Strict):
     # Checkpoint every N steps so a crashed region resumes instead of restarting; 0 = never.
-    checkpoint_every: int = Field(100, ge=0)
+    checkpoint_every: Int = Field(100, ge=0)
     # Where checkpoints go; None = RUN_DIR/checkpoints (must be reachable from every node on a cluster).
-    checkpoint_dir: str | None = None
+    checkpoint_dir: PathText | None = None
     # Ray restarts a crashed region this often before the run fails.
-    max_restarts: int = Field(3, ge=0)
+    max_restarts: Int = Field(3, ge=0)
 
 
 class ChaosConfig(_Strict):
     """Deliberate faults, for tests and demonstrations of the failure model."""
 
     # These regions publish confident lies: all mass on the class they find least likely.
-    liars: list[int] = Field(default_factory=list)
-    # This region stops answering (its handler and its loop sleep) at hang_at_step, for hang_seconds.
-    hang_region: int | None = None
-    hang_at_step: int = Field(0, ge=0)
-    hang_seconds: float = Field(0.0, ge=0)
+    liars: list[Int] = Field(default_factory=list)
+    # This region stops answering (its handler and its loop sleep) at hang_at_step, for
+    # hang_seconds (at most a day).
+    hang_region: Int | None = None
+    hang_at_step: Int = Field(0, ge=0)
+    hang_seconds: Real = Field(0.0, ge=0, le=DAY_S)
 
 
 class SecurityConfig(_Strict):
     # Shared bearer token every region presents; None = no token check. Never written to run folders.
     token: SecretStr | None = None
     # Read the token from this file instead, keeping it out of configs and process lists.
-    token_file: str | None = None
+    token_file: PathText | None = None
     # Folder made by `codistill certs`: mutual TLS between regions; None = plaintext (loopback default).
-    tls_dir: str | None = None
+    tls_dir: PathText | None = None
 
     @model_validator(mode="after")
     def _one_token_source(self) -> SecurityConfig:
@@ -209,11 +285,17 @@ class SecurityConfig(_Strict):
             return self.token.get_secret_value()
         if self.token_file is not None:
             path = Path(self.token_file).expanduser()
-            if not path.is_file():
-                raise ConfigError(f"security.token_file: {path} not found")
-            token = path.read_text().strip()
+            shown = excerpt_path(path)
+            try:
+                if not path.is_file():
+                    raise ConfigError(f"security.token_file: {shown} not found")
+                token = path.read_bytes().decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise ConfigError(f"security.token_file: {shown} is not UTF-8 text") from None
+            except OSError as exc:
+                raise ConfigError(f"security.token_file: cannot read {shown} ({exc.strerror})") from None
             if not token:
-                raise ConfigError(f"security.token_file: {path} is empty")
+                raise ConfigError(f"security.token_file: {shown} is empty")
             return token
         return None
 
@@ -222,12 +304,14 @@ class RayConfig(_Strict):
     # None starts a local Ray in-process; set (or RAY_ADDRESS / --address) to join a cluster.
     address: str | None = None
     # CPUs a local Ray may use; None = all cores.
-    num_cpus: int | None = Field(None, ge=1)
+    num_cpus: Int | None = Field(None, ge=1)
 
 
 class RunConfig(_Strict):
-    name: str = "run"
-    seed: int = 0
+    # Part of the output folder's name, so at most 100 characters (filesystems allow 255 bytes).
+    name: str = Field("run", max_length=100)
+    # Seeds numpy and torch, which take neither negative nor arbitrarily large seeds.
+    seed: Int = Field(0, ge=0)
     strategy: Strategy = "codistill"
     data: DataConfig = Field(default_factory=DataConfig)
     regions: RegionsConfig = Field(default_factory=RegionsConfig)
@@ -244,8 +328,8 @@ class RunConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if not v or any(ch in v for ch in "/\\\0") or v.startswith("."):
-            raise ValueError("must be a plain folder-safe name (no slashes, not starting with '.')")
+        if not v or any(ch in v for ch in "/\\") or not v.isprintable() or v.startswith("."):
+            raise ValueError("must be a plain folder-safe name (no slashes or control characters, not starting with '.')")
         return v
 
     @model_validator(mode="after")
@@ -254,12 +338,12 @@ class RunConfig(_Strict):
         if self.data.partition.omit_regions is not None:
             bad = [r for r in self.data.partition.omit_regions if not 0 <= r < n]
             if bad:
-                raise ValueError(f"data.partition.omit_regions has ids {bad} outside 0..{n - 1}")
+                raise ValueError(f"data.partition.omit_regions has ids {excerpt(bad)} outside 0..{n - 1}")
         if self.data.dataset == "synthetic" and self.data.transfer_size + self.data.test_size >= self.data.synthetic_samples:
             raise ValueError("data.transfer_size + data.test_size must leave labeled samples in data.synthetic_samples")
         bad = [r for r in self.chaos.liars + ([self.chaos.hang_region] if self.chaos.hang_region is not None else []) if not 0 <= r < n]
         if bad:
-            raise ValueError(f"chaos names regions {bad} outside 0..{n - 1}")
+            raise ValueError(f"chaos names regions {excerpt(bad)} outside 0..{n - 1}")
         if self.strategy == "fedavg" and self.regions.models and len(set(self.regions.models)) > 1:
             raise ValueError("strategy fedavg averages weights and needs one architecture; regions.models mixes several")
         if self.exchange.topology == "random-k" and n > 1 and self.exchange.k > n - 1:
@@ -271,16 +355,22 @@ class RunConfig(_Strict):
         return list(range(self.regions.count // 2)) if p.omit_regions is None else list(p.omit_regions)
 
 
+def _key(part: object) -> str:
+    """A config key for an error message: unquoted, control characters escaped, cut when long."""
+    text = repr(str(part))[1:-1]
+    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 3] + "..."
+
+
 def _format_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "config"
+    loc = ".".join(_key(p) for p in err["loc"]) or "config"
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         return f"unknown config key '{loc}'"
     if err["type"] == "literal_error":
         return f"{loc}: {msg}"
     value = err.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    shown = "" if isinstance(value, dict) else f" (got {excerpt(value)})"
     return f"{loc}: {msg}{shown}"
 
 
@@ -288,21 +378,21 @@ def parse_value(text: str) -> Any:
     """Parse an override value as YAML, so `3`, `0.5`, `true`, `[1,2]` and `null` work."""
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: a date such as 2024-13-45
         return text
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got '{item}'")
+            raise ConfigError(f"--set expects key=value, got {excerpt(item)}")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
         node = raw
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {key}: '{part}' is not a section")
+                raise ConfigError(f"--set {_key(key)}: '{_key(part)}' is not a section")
             node = child
         node[parts[-1]] = parse_value(value)
     return raw
@@ -315,18 +405,32 @@ def from_dict(raw: dict[str, Any]) -> RunConfig:
         raise ConfigError(_format_error(exc)) from None
 
 
+def _read_text(path: Path) -> str:
+    """The config file's text; a missing, unreadable, huge or binary file is a ConfigError."""
+    shown = excerpt_path(path)
+    try:
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {shown}")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{shown}: larger than {MAX_CONFIG_BYTES // 1024} KiB; a config is a short YAML file")
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{shown}: not UTF-8 text (byte {exc.start}); a config is a YAML file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {shown} ({exc.strerror or exc.__class__.__name__})") from None
+
+
 def load(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        text = _read_text(path)
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+            loaded = yaml.safe_load(text) or {}
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: a date such as 2024-13-45
+            raise ConfigError(f"{excerpt_path(path)}: not valid YAML ({exc.__class__.__name__})") from None
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of config keys")
+            raise ConfigError(f"{excerpt_path(path)}: top level must be a mapping of config keys")
         raw = loaded
     return from_dict(apply_overrides(raw, overrides or []))
 

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from codistill import config
+from codistill.consensus import Rule
 from codistill.launch import driver
 
 LIARS = [0, 1]
-RULES = ["mean", "attention", "robust_attention", "screened_mean", "confidence", "median", "trimmed_mean"]
+RULES = [rule.value for rule in Rule]
 
 
 def lying_config(rule: str, liars: list[int]) -> config.RunConfig:

@@ -73,9 +73,6 @@ class Suite(BaseModel):
     commentary: str | None = None
     # Settings for some strategies only, in every row (a row's own strategy_set wins).
     strategy_set: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    # Rows whose figures stand for a strategy in other rows where that strategy computes the same
-    # thing (centralized pools every slice, so the partition cannot change it): {centralized: row}.
-    reference: dict[str, str] = Field(default_factory=dict)
 
 
 def parse_strategy(spec: str) -> tuple[str, str | None, str | None]:
@@ -117,9 +114,7 @@ def load_suite(path: Path) -> Suite:
     for target, row_name in suite.targets.items():
         if row_name not in names:
             raise ConfigError(f"{path}: target '{target}' names row '{row_name}', which the suite does not have")
-    for strategy, row_name in suite.reference.items():
-        if row_name not in names:
-            raise ConfigError(f"{path}: reference for '{strategy}' names row '{row_name}', which the suite does not have")
+
     return suite
 
 
@@ -239,7 +234,8 @@ def run_bench(
     command: str | None = None,
     cached_only: bool = False,
 ) -> dict:
-    from codistill.bench_report import aggregate, write_report
+    from codistill.bench_markdown import write_report
+    from codistill.bench_report import aggregate
     from codistill.launch import driver
 
     suite = load_suite(suite_path)

@@ -24,6 +24,7 @@ def _color(spec: str) -> str:
         "independent": "tab:orange", "centralized": "tab:green", "fedavg": "tab:red",
         "codistill:mean": "tab:gray", "codistill:attention": "tab:blue", "codistill:confidence": "tab:pink",
         "codistill:median": "tab:brown", "codistill:trimmed_mean": "tab:olive", "codistill:robust_attention": "tab:purple",
+        "codistill:screened_mean": "tab:cyan", "selftrain": "black",
     }
     return palette.get(spec.split("@")[0], "tab:cyan")
 
@@ -114,7 +115,7 @@ def hidden_class_recall(doc: dict, row: str, folder: Path) -> Path | None:
 def bytes_vs_accuracy(doc: dict, row: str, folder: Path) -> Path | None:
     r = doc["rows"].get(row, {})
     points = [(s, a) for s, a in r.items() if a["bytes_sent_per_region"] > 0 and "@" not in s]
-    sweep = [(v, doc["rows"][name]) for v, name in _sweep(doc, "interval")]
+    sweep = [(v, doc["rows"][name]) for v, name in _sweep(doc, "staleness-sync")]
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -129,7 +130,7 @@ def bytes_vs_accuracy(doc: dict, row: str, folder: Path) -> Path | None:
         ax.axhline(100 * r["independent"]["mean_test_accuracy"]["mean"], color=_color("independent"), linestyle="--",
                    label="independent (0 bytes)")
     ax.set(xscale="log", xlabel="MiB sent per region over the run (log)", ylabel="mean region test accuracy (%)",
-           title=f"Bytes on the wire vs accuracy: {row}\n(triangles: the interval sweep, codistill at other exchange intervals)")
+           title=f"Bytes on the wire vs accuracy: {row}\n(triangles: the sync staleness sweep, other exchange intervals at equal bytes)")
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
     ax.grid(alpha=0.3)
@@ -138,19 +139,23 @@ def bytes_vs_accuracy(doc: dict, row: str, folder: Path) -> Path | None:
 
 
 def accuracy_vs_staleness(doc: dict, folder: Path) -> Path | None:
-    sweep = _sweep(doc, "interval")
-    if len(sweep) < 2:
-        return None
+    """One line per exchange mode (and strategy) over the equal-bytes interval sweeps."""
     series: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for value, row in sweep:
-        for s, a in doc["rows"][row].items():
-            series[s].append((value, 100 * a["mean_test_accuracy"]["mean"]))
+    values: set[float] = set()
+    for mode in ("sync", "async"):
+        for value, row in _sweep(doc, f"staleness-{mode}"):
+            values.add(value)
+            for s, a in doc["rows"][row].items():
+                series[f"{s} ({mode})"].append((value, 100 * a["mean_test_accuracy"]["mean"]))
+    if len(values) < 2:
+        return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for s, pts in series.items():
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=s, color=_color(s))
-    ax.set(xlabel="steps between exchanges (staleness of peer predictions)", ylabel="mean region test accuracy (%)",
-           title="Accuracy vs exchange interval")
-    _log_x(ax, [v for v, _ in sweep])
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=s, color=_color(s.split(" ")[0]),
+                linestyle="--" if s.endswith("(async)") else "-")
+    ax.set(xlabel="steps between exchanges (same transfer examples sent in total)", ylabel="mean region test accuracy (%)",
+           title="Accuracy vs exchange interval, at equal bytes")
+    _log_x(ax, sorted(values))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, folder / "accuracy_vs_staleness.png")

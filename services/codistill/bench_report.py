@@ -1,8 +1,12 @@
-"""Aggregates bench cells into per-row figures, checks the targets, and writes the report.
+"""Aggregates bench cells into per-row figures, makes the tuning choices, and checks the targets.
 
 Pure functions over the cell summaries that `codistill bench` caches; the
-plots live in `bench_plots`. Accuracies in the report are percentages, and
-differences between them are percentage points.
+Markdown lives in `bench_markdown` and the plots in `bench_plots`.
+
+What is read where: tuning groups choose on the validation split only; the
+targets judge the suite's pre-declared `headline` strategy (never a pick on
+test figures), and "A beats B" claims are paired per-seed differences whose
+95% interval excludes 0 (`bench_stats`).
 """
 
 from __future__ import annotations
@@ -15,15 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from codistill.bench_stats import paired_difference, spread
+
 MiB = 2**20
 KiB = 2**10
+_stat = spread
 
 
 # ------------------------------------------------------------------ aggregation
-def _stat(values: list[float]) -> dict[str, float]:
-    a = np.asarray(values, dtype=float)
-    return {"mean": float(a.mean()), "std": float(a.std()), "n": int(a.size)}
-
 
 def _per_region(cell: dict, key: str) -> float:
     return float(np.mean([r[key] for r in cell["regions"]]))
@@ -53,6 +56,8 @@ def aggregate_cells(cells: list[dict]) -> dict[str, Any]:
         "min_test_accuracy": _stat([c["min_test_accuracy"] for c in cells]),
         "max_test_accuracy": _stat([c["max_test_accuracy"] for c in cells]),
         "ensemble_test_accuracy": _stat([c["ensemble_test_accuracy"] for c in cells]),
+        "mean_validation_accuracy": _stat([c.get("mean_validation_accuracy", float("nan")) for c in cells]),
+        "cpu_seconds_per_region": float(np.mean([_per_region(c, "cpu_seconds") if "cpu_seconds" in c["regions"][0] else float("nan") for c in cells])),
         "bytes_sent_per_region": float(np.mean([_per_region(c, "bytes_sent") for c in cells])),
         "bytes_received_per_region": float(np.mean([_per_region(c, "bytes_received") for c in cells])),
         "bytes_sent_per_exchange": float(np.mean([_per_exchange(c, "bytes_sent") for c in cells])),
@@ -124,16 +129,86 @@ def aggregate(suite, suite_file: str, cells: list[dict]) -> dict[str, Any]:
         "suite_file": suite_file,
         "headline": suite.headline,
         "rows": rows,
-        "row_info": {r.name: {"sweep": r.sweep, "value": r.value, "set": r.set} for r in suite.rows},
+        "row_info": {r.name: {"sweep": r.sweep, "value": r.value, "set": r.set, "group": r.group} for r in suite.rows},
         "target_rows": dict(suite.targets),
         "machine": machine(),
         "cells": len(cells),
+        "code_version": versions[0] if versions else None,
         "suite_seconds": float(sum(c["wall_seconds"] for c in cells)),
     }
     doc["transport_agreement"] = transport_agreement(cells)
     doc["lying"] = lying_losses(suite, cells)
+    doc["choices"] = tuning_choices(suite, cells)
+    doc["comparisons"] = [c.to_json() for c in comparisons(suite, cells)]
     doc["targets"] = [t.__dict__ for t in evaluate_targets(doc)]
     return doc
+
+
+# ----------------------------------------------------------------- choices
+def validation_score(cell: dict) -> float:
+    """What a choice reads: validation accuracy, of the honest regions where some lie."""
+    return cell.get("extras", {}).get("honest_mean_validation_accuracy", cell.get("mean_validation_accuracy", float("nan")))
+
+
+def tuning_choices(suite, cells: list[dict]) -> dict[str, dict[str, Any]]:
+    """Per tuning group: every candidate's mean validation score and the chosen (highest) one.
+
+    A candidate is a row's label (one setting per row) or, in rows without a
+    label, a strategy spec; its score averages its cells over seeds and rows.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for group in dict.fromkeys(r.group for r in suite.rows if r.group):
+        scores: dict[str, list[float]] = {}
+        settings: dict[str, dict] = {}
+        for row in (r for r in suite.rows if r.group == group):
+            for spec in row.strategies:
+                label = row.label or spec
+                mine = [validation_score(c) for c in cells if c["row"] == row.name and c["spec"] == spec]
+                if mine:
+                    scores.setdefault(label, []).append(float(np.mean(mine)))
+                    settings[label] = dict(row.set) if row.label else {"strategy": spec}
+        if not scores:
+            continue
+        means = {label: float(np.mean(v)) for label, v in scores.items()}
+        chosen = max(means, key=means.get)
+        out[group] = {
+            "chosen": chosen,
+            "settings": settings[chosen],
+            "candidates": [{"label": k, "validation_accuracy": v, "settings": settings[k]} for k, v in means.items()],
+        }
+    return out
+
+
+# ------------------------------------------------------------- comparisons
+def _per_seed(cells: list[dict], row: str, spec: str) -> dict[int, float]:
+    return {c["seed"]: c["mean_test_accuracy"] for c in cells if c["row"] == row and c["spec"] == spec}
+
+
+def comparisons(suite, cells: list[dict]) -> list:
+    """The headline strategy against every other strategy of each row, paired by seed."""
+    if not suite.headline:
+        return []
+    out = []
+    for row in suite.rows:
+        if suite.headline not in row.strategies:
+            continue
+        mine = _per_seed(cells, row.name, suite.headline)
+        for other in (s for s in row.strategies if s != suite.headline and "@" not in s):
+            theirs = _per_seed(cells, row.name, other)
+            seeds = sorted(set(mine) & set(theirs))
+            if len(seeds) >= 2:
+                d = paired_difference(suite.headline, other, [mine[s] for s in seeds], [theirs[s] for s in seeds])
+                out.append(_RowComparison(row.name, d))
+    return out
+
+
+@dataclass(frozen=True)
+class _RowComparison:
+    row: str
+    difference: Any  # bench_stats.PairedDifference
+
+    def to_json(self) -> dict:
+        return {"row": self.row, **self.difference.to_json()}
 
 
 def transport_agreement(cells: list[dict]) -> list[dict[str, Any]]:
@@ -210,314 +285,110 @@ class Target:
     met: bool | None  # None: the suite lacks the rows to measure it
 
 
-def _codistill_rules(row: dict[str, dict], min_seeds: int = 1) -> dict[str, dict]:
-    return {s: a for s, a in row.items() if s.startswith("codistill") and "@" not in s and a["seeds"] >= min_seeds}
-
-
-def _best(rules: dict[str, dict]) -> tuple[str, dict]:
-    return max(rules.items(), key=lambda kv: kv[1]["mean_test_accuracy"]["mean"])
-
-
 def _acc(a: dict) -> float:
     return 100 * a["mean_test_accuracy"]["mean"]
 
 
+def _interval(d: dict) -> str:
+    return f"{100 * d['mean']:+.1f} points, 95% CI [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}], {d['n']} seeds"
+
+
+def _difference(doc: dict, row: str, other: str) -> dict | None:
+    return next((d for d in doc.get("comparisons", []) if d["row"] == row and d["b"] == other), None)
+
+
 def evaluate_targets(doc: dict) -> list[Target]:
+    """Every target judged on the suite's pre-declared headline strategy, never on a pick by test accuracy."""
     rows, names = doc["rows"], doc["target_rows"]
-    headline = doc.get("headline")
+    spec = doc.get("headline")
     targets: list[Target] = []
+    if not spec:
+        return targets
 
     def row(key: str) -> dict | None:
-        return rows.get(names.get(key, ""))
-
-    def most_seeded(r: dict) -> dict[str, dict]:
-        rules = _codistill_rules(r)
-        top = max((a["seeds"] for a in rules.values()), default=1)
-        return _codistill_rules(r, top)
+        r = rows.get(names.get(key, ""))
+        return r if r and spec in r else None
 
     skew = row("skew")
-    if skew and {"independent", "centralized"} <= set(skew) and _codistill_rules(skew):
-        spec, best = _best(most_seeded(skew))
-        ratio = best["error_vs_independent"]
-        behind = _acc(skew["centralized"]) - _acc(best)
+    if skew and "independent" in skew:
+        a = skew[spec]
+        ratio = a["error_vs_independent"]
         targets.append(Target(
-            f"{names['skew']}: error vs independent",
-            "best rule's error ≤ 0.5 × independent's",
-            f"{ratio:.2f} × ({spec}: error {100 - _acc(best):.1f}% vs {100 - _acc(skew['independent']):.1f}%)",
-            ratio <= 0.5,
+            f"{names['skew']}: error vs independent", "error ≤ 0.5 × independent's",
+            f"{ratio:.2f} × ({spec}: error {100 - _acc(a):.1f}% vs {100 - _acc(skew['independent']):.1f}%)", ratio <= 0.5,
         ))
+    if skew and "centralized" in skew:
+        d = _difference(doc, names["skew"], "centralized")
+        behind = _acc(skew["centralized"]) - _acc(skew[spec])
         targets.append(Target(
-            f"{names['skew']}: distance to centralized",
-            "within 3 points of centralized",
-            f"{behind:+.1f} points behind ({spec} {_acc(best):.1f}% vs centralized {_acc(skew['centralized']):.1f}%)",
-            behind <= 3,
+            f"{names['skew']}: distance to centralized", "within 3 points of centralized (the whole interval)",
+            f"{behind:+.1f} points behind ({spec} {_acc(skew[spec]):.1f}% vs centralized {_acc(skew['centralized']):.1f}%"
+            + (f"; difference {_interval(d)})" if d else ")"),
+            (d["low"] >= -0.03) if d else behind <= 3,
         ))
     iid = row("iid")
-    if iid and {"independent", "centralized"} <= set(iid) and _codistill_rules(iid):
-        spec, best = _best(most_seeded(iid))
-        closed = best.get("gap_closed", float("nan"))
+    if iid and {"independent", "centralized"} <= set(iid):
+        closed = iid[spec].get("gap_closed", float("nan"))
         targets.append(Target(
-            "IID: gap closed", "≥ 45% of the independent→centralized gap",
-            f"{100 * closed:.0f}% ({spec}: {_acc(iid['independent']):.1f}% → {_acc(best):.1f}%, centralized {_acc(iid['centralized']):.1f}%)",
+            f"{names['iid']}: gap closed", "≥ 45% of the independent→centralized gap",
+            f"{100 * closed:.0f}% ({spec}: {_acc(iid['independent']):.1f}% → {_acc(iid[spec]):.1f}%, centralized {_acc(iid['centralized']):.1f}%)",
             closed >= 0.45,
         ))
     omit = row("omit")
-    if omit:
-        spec = headline if headline in omit else None
-        spec = spec or (_best(most_seeded(omit))[0] if _codistill_rules(omit) else None)
-        a = omit.get(spec, {}) if spec else {}
-        if "hidden_recall_blind" in a and "hidden_recall_seeing" in a:
-            blind, seeing = a["hidden_recall_blind"]["mean"], a["hidden_recall_seeing"]["mean"]
-            share = blind / seeing if seeing > 0 else float("nan")
-            indep = omit.get("independent", {}).get("hidden_recall_blind", {}).get("mean")
-            targets.append(Target(
-                "Hidden class: recall of regions that never saw it", "≥ 85% of the recall of regions that did",
-                f"{100 * share:.0f}% ({spec}: {100 * blind:.1f}% vs {100 * seeing:.1f}%"
-                + (f"; independent blind regions {100 * indep:.1f}%)" if indep is not None else ")"),
-                share >= 0.85,
-            ))
-    # codistill against fedavg, on every headline row that has both
+    if omit and {"hidden_recall_blind", "hidden_recall_seeing"} <= set(omit[spec]):
+        blind, seeing = omit[spec]["hidden_recall_blind"]["mean"], omit[spec]["hidden_recall_seeing"]["mean"]
+        share = blind / seeing if seeing > 0 else float("nan")
+        indep = omit.get("independent", {}).get("hidden_recall_blind", {}).get("mean")
+        targets.append(Target(
+            "Hidden class: recall of regions that never saw it", "≥ 85% of the recall of regions that did",
+            f"{100 * share:.0f}% ({spec}: {100 * blind:.1f}% vs {100 * seeing:.1f}%"
+            + (f"; independent blind regions {100 * indep:.1f}%)" if indep is not None else ")"),
+            share >= 0.85,
+        ))
     for key in headline_keys(names):
         r = row(key)
-        if not r or "fedavg" not in r or not _codistill_rules(r):
+        if not r or "fedavg" not in r:
             continue
-        spec = headline if headline in r else _best(most_seeded(r))[0]
         a, f = r[spec], r["fedavg"]
-        gap = _acc(f) - _acc(a)
+        d = _difference(doc, names[key], "fedavg")
         share = a["bytes_sent_per_region"] / f["bytes_sent_per_region"] if f["bytes_sent_per_region"] else float("nan")
+        close = (d["low"] >= -0.01) if d else _acc(a) >= _acc(f) - 1
         targets.append(Target(
-            f"Against fedavg ({names[key]})", "within 1 point of fedavg (or above) with ≤ 1/10 of its bytes",
-            f"{spec} {_acc(a):.1f}% vs fedavg {_acc(f):.1f}% ({-gap:+.1f} points), "
-            f"{a['bytes_sent_per_region'] / MiB:.2f} vs {f['bytes_sent_per_region'] / MiB:.2f} MiB sent per region (1/{1 / share:.1f})",
-            gap <= 1 and share <= 0.1,
+            f"Against fedavg ({names[key]})", "at most 1 point behind fedavg (lower end of the interval ≥ −1) with ≤ 1/10 of its bytes",
+            f"{spec} {_acc(a):.1f}% vs fedavg {_acc(f):.1f}%" + (f" ({_interval(d)})" if d else "")
+            + f"; {a['bytes_sent_per_region'] / MiB:.2f} vs {f['bytes_sent_per_region'] / MiB:.2f} MiB sent per region (1/{1 / share:.1f})",
+            close and share <= 0.1,
         ))
+    for key in headline_keys(names):
+        r = row(key)
+        d = _difference(doc, names[key], "selftrain") if r and "selftrain" in r else None
+        if d:
+            targets.append(Target(
+                f"Peers, not the extra compute ({names[key]})", "beats selftrain (same compute, no peers): interval above 0",
+                f"{spec} {_acc(r[spec]):.1f}% vs selftrain {_acc(r['selftrain']):.1f}% ({_interval(d)})", d["low"] > 0,
+            ))
     agreement = doc.get("transport_agreement", [])
     if agreement:
         ratios = [a["overhead_ratio"] for a in agreement]
-        worst = max(ratios)
         targets.append(Target(
             "Overhead of Ray + gRPC", "wall time ≤ 1.25 × the in-process transport's",
-            f"{np.mean(ratios):.2f} × on average, worst {worst:.2f} × ({len(ratios)} configs)",
-            worst <= 1.25,
+            f"{np.mean(ratios):.2f} × on average, worst {max(ratios):.2f} × ({len(ratios)} configs)", max(ratios) <= 1.25,
         ))
-    hardest = row("hardest_skew")
-    lying = [x for x in doc.get("lying", []) if x["row"] == names.get("lying")]
-    if hardest and lying:
-        rules = most_seeded(hardest)
-        best_spec, best = _best(rules)
-        losses = {x["spec"]: x["loss"] for x in lying}
-        both = {
-            s: (_acc(best) - _acc(a), 100 * losses[s]) for s, a in rules.items() if s in losses
-        }
-        winners = [s for s, (gap, loss) in both.items() if gap <= 1 and loss <= 1]
-        detail = "; ".join(f"{s.split(':')[1]} {gap:.1f} behind, loses {loss:.1f}" for s, (gap, loss) in both.items())
+    lying = [x for x in doc.get("lying", []) if x["spec"] == spec]
+    if lying:
+        worst = max(x["loss"] for x in lying)
         targets.append(Target(
-            "No trade-off between skew and lies",
-            f"a rule within 1 point of the best on {names['hardest_skew']} that loses ≤ 1 point with 2 of 10 liars",
-            (f"met by {', '.join(winners)}. " if winners else "no rule does both. ") + detail,
-            bool(winners),
+            "Robust to lies", f"honest regions lose ≤ 1 point with liars, on every lying row ({spec})",
+            "; ".join(f"{x['row']}: {100 * x['loss']:+.1f} points" for x in lying), worst <= 0.01,
         ))
-    fast, slow = row("stale_fast"), row("stale_slow")
-    if fast and slow:
-        common = sorted(set(fast) & set(slow))
-        if common:
-            spec = common[0]
-            drop = _acc(fast[spec]) - _acc(slow[spec])
+    for mode in ("sync", "async"):
+        sweep = sorted((info["value"], r) for r, info in doc["row_info"].items()
+                       if info.get("sweep") == f"staleness-{mode}" and r in rows and spec in rows[r])
+        if len(sweep) >= 2:
+            (v0, fast), (v1, slow) = sweep[0], sweep[-1]
+            drop = _acc(rows[fast][spec]) - _acc(rows[slow][spec])
             targets.append(Target(
-                "Staleness", f"drop from exchanging every {doc['row_info'][names['stale_slow']]['value']:g} steps instead of every "
-                f"{doc['row_info'][names['stale_fast']]['value']:g} ≤ 1 point",
-                f"{drop:+.1f} points ({spec}: {_acc(fast[spec]):.1f}% → {_acc(slow[spec]):.1f}%)",
-                drop <= 1,
+                f"Staleness at equal bytes ({mode})", f"exchanging every {v1:g} steps instead of every {v0:g} costs ≤ 1 point",
+                f"{drop:+.1f} points ({_acc(rows[fast][spec]):.1f}% → {_acc(rows[slow][spec]):.1f}%, one seed)", drop <= 1,
             ))
     return targets
-
-
-# ----------------------------------------------------------------------- report
-def _pm(stat: dict) -> str:
-    return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}" if stat["n"] > 1 else f"{100 * stat['mean']:.1f}"
-
-
-def _size(n: float | None) -> str:
-    if n is None:
-        return "–"
-    if n >= MiB:
-        return f"{n / MiB:.2f} MiB"
-    if n >= KiB:
-        return f"{n / KiB:.1f} KiB"
-    return f"{n:.0f} B" if n else "0"
-
-
-def _opt(a: dict, key: str, fmt: str) -> str:
-    return fmt.format(a[key]) if key in a else "–"
-
-
-def _row_table(name: str, row: dict[str, dict]) -> list[str]:
-    lines = [
-        "| strategy | seeds | mean acc % | min | max | error vs indep. | gap closed | sent / region | received / region "
-        "| sent / exchange | exchanges | wall s | exchange s / region | compute s / region | peak RSS, all region processes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for spec, a in row.items():
-        lines.append(
-            f"| {spec} | {a['seeds']} | {_pm(a['mean_test_accuracy'])} | {100 * a['min_test_accuracy']['mean']:.1f} "
-            f"| {100 * a['max_test_accuracy']['mean']:.1f} | {_opt(a, 'error_vs_independent', '{:.2f}')} "
-            f"| {_opt(a, 'gap_closed', '{:.0%}')} | {_size(a['bytes_sent_per_region'])} | {_size(a['bytes_received_per_region'])} "
-            f"| {_size(a['bytes_sent_per_exchange'])} | {a['exchanges_per_region']:.0f} | {a['wall_seconds']['mean']:.0f} "
-            f"| {a['exchange_seconds_per_region']:.1f} | {a['train_seconds_per_region'] - a['exchange_seconds_per_region']:.1f} "
-            f"| {_size(a['peak_rss_bytes_total'])} |"
-        )
-    if "independent" in row:
-        lines.append(f"| *ensemble of independent* | {row['independent']['seeds']} | {_pm(row['independent']['ensemble_test_accuracy'])} "
-                     "| | | | | 0 | 0 | | | | | | |")
-    return lines
-
-
-def write_report(doc: dict, cells: list[dict], path: Path, command: str) -> Path:
-    """Writes the Markdown report to `path` and its plots to `path.parent/plots/`."""
-    from codistill import bench_plots as plots
-
-    folder = path.parent / "plots"
-    folder.mkdir(parents=True, exist_ok=True)
-    names = doc["target_rows"]
-    m = doc["machine"]
-    headline = doc.get("headline")
-    L: list[str] = [
-        f"# Benchmark results: suite `{doc['suite']}`",
-        "",
-        f"Produced by `{command}` (suite file `{doc['suite_file']}`).",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
-        f"{'GPU ' + m['gpu'] if m['gpu'] else 'no GPU'}; torch {m['torch']}, Python {m['python']}.",
-        f"{doc['cells']} cells, {doc['suite_seconds'] / 60:.0f} min of run time in all.",
-        "Accuracies are the mean over regions of each region's test accuracy, in %; ± is the standard deviation over seeds. "
-        "Bytes are protobuf bytes on the wire for codistill, and float32 parameter bytes (up and down) for fedavg. "
-        "Exchange seconds are spent predicting, publishing and waiting for peers' rounds; compute seconds are the rest. "
-        "Peak memory is measured on Ray + gRPC cells, where each region has its own process "
-        "(in-process cells share one process with the bench, so they show –).",
-        "",
-        "## Targets",
-        "",
-        "| target | goal | measured | met |",
-        "|---|---|---|---|",
-    ]
-    for t in doc["targets"]:
-        L.append(f"| {t['name']} | {t['goal']} | {t['measured']} | {'yes' if t['met'] else 'no' if t['met'] is False else 'n/a'} |")
-    L.append("")
-    if doc.get("commentary"):
-        L += [doc["commentary"].strip(), ""]
-
-    drawn = {
-        "accuracy_vs_steps": plots.accuracy_vs_steps(cells, names.get("skew", ""), folder),
-        "error_reduction_vs_regions": plots.error_reduction_vs_regions(doc, headline, folder) if headline else None,
-        "hidden_class_recall": plots.hidden_class_recall(doc, names.get("omit", ""), folder),
-        "bytes_vs_accuracy": plots.bytes_vs_accuracy(doc, names.get("skew", ""), folder),
-        "accuracy_vs_staleness": plots.accuracy_vs_staleness(doc, folder),
-        "attention_heatmap": plots.attention_heatmaps(
-            cells, names.get("lying", ""),
-            ["codistill:mean", "codistill:attention", "codistill:robust_attention", "codistill:screened_mean"], folder
-        ),
-        "accuracy": plots.accuracy_by_row(doc, folder),
-    }
-
-    def figure(key: str, caption: str) -> None:
-        if drawn.get(key):
-            L.extend([f"![{caption}](plots/{drawn[key].name})", "", f"*{caption}*", ""])
-
-    agreement = doc.get("transport_agreement", [])
-    if agreement:
-        L += [
-            "## Ray + gRPC against the in-process transport",
-            "",
-            "The same config, seed and split, once with every region in one process (no Ray, no gRPC), once as Ray actors "
-            "exchanging over gRPC on loopback. Local Ray is started once before the first such cell, so a cell's wall time "
-            "covers placing the actors, shipping their data, starting their gRPC servers, training and collecting results.",
-            "",
-            "| row | strategy | seed | in-process acc % | Ray+gRPC acc % | largest region difference | bytes in-process | bytes gRPC "
-            "| wall in-process s | wall Ray+gRPC s | ratio |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for a in agreement:
-            L.append(
-                f"| {a['row']} | {a['spec'].split('@')[0]} | {a['seed']} | {100 * a['inprocess_accuracy']:.2f} | {100 * a['grpc_accuracy']:.2f} "
-                f"| {100 * a['max_region_difference']:.2f} points | {_size(a['inprocess_bytes'])} | {_size(a['grpc_bytes'])} "
-                f"| {a['inprocess_wall_seconds']:.0f} | {a['grpc_wall_seconds']:.0f} | {a['overhead_ratio']:.2f} |"
-            )
-        L.append("")
-
-    L += ["## Headline rows", ""]
-    for key in headline_keys(names):
-        row = names.get(key)
-        if row in doc["rows"]:
-            L += [f"### {row}", "", *_row_table(row, doc["rows"][row]), ""]
-    figure("accuracy_vs_steps", f"Accuracy during training on {names.get('skew')}, mean over regions and seeds.")
-    figure("bytes_vs_accuracy", f"Bytes sent per region against accuracy on {names.get('skew')}.")
-
-    omit = doc["rows"].get(names.get("omit", ""), {})
-    recall = {s: a for s, a in omit.items() if "hidden_recall_blind" in a}
-    if recall:
-        L += [
-            "## Hidden class",
-            "",
-            f"On `{names['omit']}`, half of the regions never see the hidden class labelled. Recall on it, in %:",
-            "",
-            "| strategy | seeds | regions that never saw it | regions that did | ratio |",
-            "|---|---|---|---|---|",
-        ]
-        for s, a in recall.items():
-            blind, seeing = a["hidden_recall_blind"]["mean"], a.get("hidden_recall_seeing", {}).get("mean", float("nan"))
-            L.append(f"| {s} | {a['seeds']} | {_pm(a['hidden_recall_blind'])} | "
-                     f"{_pm(a['hidden_recall_seeing']) if 'hidden_recall_seeing' in a else '–'} | "
-                     f"{blind / seeing:.2f} |" if seeing else f"| {s} | {a['seeds']} | {_pm(a['hidden_recall_blind'])} | – | – |")
-        L.append("")
-        figure("hidden_class_recall", "Recall on the hidden class, for regions that never saw it labelled and for those that did.")
-
-    lying = doc.get("lying", [])
-    if lying:
-        L += [
-            "## Lying peers",
-            "",
-            f"Regions {', '.join(map(str, lying[0]['liars']))} publish confident lies: all probability on the class they find "
-            "least likely. Accuracy is over the honest regions only, against the same rule, split and seed without liars.",
-            "",
-            "| row | rule | honest acc % with liars | without | loss (points) |",
-            "|---|---|---|---|---|",
-        ]
-        for x in lying:
-            L.append(f"| {x['row']} | {x['spec'].split(':')[1]} | {100 * x['honest_accuracy']:.1f} | "
-                     f"{100 * x['honest_accuracy_without_lies']:.1f} | {100 * x['loss']:.1f} |")
-        L.append("")
-        figure("attention_heatmap", "Mean consensus weight each region gave each peer under lies; columns marked * are the liars.")
-
-    sweeps = [("regions", "Region count"), ("interval", "Exchange interval (staleness)")]
-    for sweep, title in sweeps:
-        members = sorted((info["value"], r) for r, info in doc["row_info"].items() if info.get("sweep") == sweep and r in doc["rows"])
-        if not members:
-            continue
-        L += [f"## {title}", "", "| value | row | strategy | mean acc % | error vs indep. | sent / region | wall s | peak RSS, all regions | peak RSS per process |",
-              "|---|---|---|---|---|---|---|---|---|"]
-        for value, r in members:
-            for s, a in doc["rows"][r].items():
-                # The sweep is about the headline rule; other strategies appear where the row is shown in full.
-                if headline and s.split("@")[0] != headline and (sweep == "interval" or s != "independent"):
-                    continue
-                L.append(f"| {value:g} | {r} | {s} | {_pm(a['mean_test_accuracy'])} | {_opt(a, 'error_vs_independent', '{:.2f}')} "
-                         f"| {_size(a['bytes_sent_per_region'])} | {a['wall_seconds']['mean']:.0f} | {_size(a['peak_rss_bytes_total'])} "
-                         f"| {_size(a['peak_rss_bytes_per_process'])} |")
-        L.append("")
-        figure("error_reduction_vs_regions" if sweep == "regions" else "accuracy_vs_staleness",
-               "Error reduction and accuracy against the number of regions." if sweep == "regions" else "Accuracy against the exchange interval.")
-
-    shown = {names.get(k) for k in ("skew", "hardest_skew", "iid", "omit")}
-    others = [r for r in doc["rows"] if r not in shown]
-    if others:
-        L += ["## All other rows", ""]
-        for r in others:
-            L += [f"### {r}", "", f"Settings: `{doc['row_info'][r]['set']}`", "", *_row_table(r, doc["rows"][r]), ""]
-        for c in cells:
-            archs = {x["arch"] for x in c["regions"]}
-            if len(archs) > 1 and c["seed"] == 0:
-                per = {a: 100 * np.mean([x["test_accuracy"] for x in c["regions"] if x["arch"] == a]) for a in sorted(archs)}
-                L.append(f"- `{c['row']}` {c['spec']}: " + ", ".join(f"{a} regions {v:.1f}%" for a, v in per.items()))
-        L.append("")
-    figure("accuracy", "Mean region accuracy for every row and strategy.")
-    path.write_text("\n".join(L) + "\n")
-    return path

@@ -1,7 +1,9 @@
 """`codistill certs DIR`: a CA and region certificates for mutual TLS.
 
 Keys are ECDSA P-256. Every region certificate names `codistill-region`
-(what clients verify), `localhost` and 127.0.0.1, plus any --host given.
+(what clients verify), `localhost` and 127.0.0.1, plus any --host given, and
+its own region: URI SAN `codistill://region/<i>` and CN `codistill-region-<i>`,
+which a receiver checks against the sender id of every message.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from codistill.region.security import TLS_SERVER_NAME
+from codistill.region.security import TLS_SERVER_NAME, region_common_name, region_uri
 
 
 class CertsError(ValueError):
@@ -72,13 +74,13 @@ def make_certs(folder: Path, regions: int, hosts: list[str] | None = None, days:
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
             x509.CertificateBuilder()
-            .subject_name(_name(f"region-{i}"))
+            .subject_name(_name(region_common_name(i)))
             .issuer_name(ca.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName([*sans, x509.DNSName(f"region-{i}")]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([*sans, x509.UniformResourceIdentifier(region_uri(i))]), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(ca_key, hashes.SHA256())

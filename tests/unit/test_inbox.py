@@ -1,7 +1,10 @@
+import threading
+import time
+
 import pytest
 import torch
 
-from codistill.region.inbox import PeerInbox
+from codistill.region.inbox import SYNC_VERSION_LEAD, PeerInbox
 from codistill.region.messages import MessageRejected, PredictionBatch, Rejection
 
 
@@ -16,7 +19,13 @@ def _batch(sender=1, version=0, ids=(0, 1, 2), probs=None, run="r", T=2.0):
 
 @pytest.fixture
 def inbox():
-    return PeerInbox("r", sources=[1, 2], num_classes=3, transfer_size=10)
+    return PeerInbox("r", sources=[1, 2], num_classes=3, transfer_size=10, temperature=2.0)
+
+
+@pytest.fixture
+def sync_inbox():
+    """An inbox as a sync-round region builds it: versions capped at own_version + lead."""
+    return PeerInbox("r", sources=[1, 2], num_classes=3, transfer_size=10, temperature=2.0, version_lead=SYNC_VERSION_LEAD, last_round=50)
 
 
 BAD = {
@@ -29,6 +38,9 @@ BAD = {
     "unknown sample": (_batch(ids=(0, 1, 99)), Rejection.UNKNOWN_SAMPLE),
     "duplicate sample": (_batch(ids=(1, 1, 2)), Rejection.DUPLICATE_SAMPLE),
     "bad temperature": (_batch(T=0.0), Rejection.BAD_TEMPERATURE),
+    "infinite temperature": (_batch(T=float("inf")), Rejection.BAD_TEMPERATURE),
+    "nan temperature": (_batch(T=float("nan")), Rejection.BAD_TEMPERATURE),
+    "another region's temperature": (_batch(T=3.0), Rejection.BAD_TEMPERATURE),
     "wrong run": (_batch(run="other"), Rejection.WRONG_RUN),
     "unknown sender": (_batch(sender=7), Rejection.UNKNOWN_SENDER),
 }
@@ -73,3 +85,83 @@ def test_stale_predictions_are_masked(inbox):
     assert pool.ids.tolist() == [1, 2]
     assert pool.mask[0].tolist() == [False, False] and pool.mask[1].tolist() == [True, True]
     assert inbox.staleness(60) == {1: 60, 2: 10}
+
+
+@pytest.mark.parametrize("T", [float("inf"), float("nan"), -1.0])
+def test_temperature_must_be_finite_and_positive_even_without_a_reference(T):
+    inbox = PeerInbox("r", sources=[1], num_classes=3, transfer_size=10)
+    with pytest.raises(MessageRejected) as info:
+        inbox.receive(_batch(T=T), 10)
+    assert info.value.reason is Rejection.BAD_TEMPERATURE
+
+
+def test_temperature_matches_up_to_float32_rounding():
+    inbox = PeerInbox("r", sources=[1], num_classes=3, transfer_size=10, temperature=0.1)
+    wire = float(torch.tensor(0.1, dtype=torch.float32))  # what a float proto field carries
+    assert wire != 0.1
+    assert inbox.receive(_batch(T=wire), 10) == 0
+
+
+@pytest.mark.parametrize("version", [SYNC_VERSION_LEAD + 1, 2**63 - 1])
+def test_far_future_version_is_refused_and_does_not_block_the_real_sender(sync_inbox, version):
+    with pytest.raises(MessageRejected) as info:
+        sync_inbox.receive(_batch(sender=1, version=version), 10)
+    assert info.value.reason is Rejection.FUTURE_VERSION and info.value.reason.depends_on_state
+    assert sync_inbox.rejections["future_version"] == 1
+    assert sync_inbox.counters[1].last_version == -1 and sync_inbox.round_pool(version).empty
+    # The real sender's next honest round is taken.
+    assert sync_inbox.receive(_batch(sender=1, version=0), 10) == 0
+    assert sync_inbox.counters[1].last_version == 0
+
+
+def test_version_cap_follows_the_round_in_progress(sync_inbox):
+    assert sync_inbox.receive(_batch(sender=1, version=SYNC_VERSION_LEAD - 1), 10) == SYNC_VERSION_LEAD - 1
+    sync_inbox.own_version = 10
+    assert sync_inbox.receive(_batch(sender=1, version=10 + SYNC_VERSION_LEAD), 10) == 10 + SYNC_VERSION_LEAD
+    with pytest.raises(MessageRejected, match="future_version"):
+        sync_inbox.receive(_batch(sender=2, version=11 + SYNC_VERSION_LEAD), 10)
+
+
+def test_no_version_past_the_runs_last_round(inbox):
+    inbox.last_round = 7
+    assert inbox.receive(_batch(version=7), 10) == 7
+    with pytest.raises(MessageRejected, match="future_version"):
+        inbox.receive(_batch(sender=2, version=8), 10)
+
+
+def test_one_peer_cannot_evict_anothers_rounds(sync_inbox):
+    sync_inbox.receive(_batch(sender=1, version=0, ids=(0, 1, 2)), 10)
+    for version in range(1, 10):  # many newer rounds from the other peer
+        sync_inbox.own_version = version
+        sync_inbox.receive(_batch(sender=2, version=version, ids=(3, 4)), 10)
+    pool = sync_inbox.round_pool(0)
+    assert pool.ids.tolist() == [0, 1, 2] and pool.mask[0].all()
+    # Each sender keeps only its own newest rounds.
+    assert sync_inbox.round_pool(1).empty and not sync_inbox.round_pool(9).empty
+
+
+def test_a_region_behind_does_not_wait_for_rounds_its_peers_have_left(sync_inbox):
+    sync_inbox.receive(_batch(sender=1, version=0), 10)
+    with pytest.raises(MessageRejected, match="future_version"):
+        sync_inbox.receive(_batch(sender=1, version=9), 10)  # peer 1 is far ahead (this region restarted)
+    started = time.monotonic()
+    assert sync_inbox.wait_round(1, needed=1, timeout_s=5) == 1
+    assert time.monotonic() - started < 1
+    # Once the peer's messages are taken again, waiting is back to what was delivered.
+    sync_inbox.own_version = 8
+    sync_inbox.receive(_batch(sender=1, version=10), 10)
+    assert sync_inbox.wait_round(11, needed=1, timeout_s=0.01) == 0
+
+
+def test_wait_round_wakes_when_a_sender_is_seen_ahead(sync_inbox):
+    def later():
+        time.sleep(0.2)
+        with pytest.raises(MessageRejected):
+            sync_inbox.receive(_batch(sender=1, version=40), 10)
+
+    thread = threading.Thread(target=later)
+    thread.start()
+    started = time.monotonic()
+    assert sync_inbox.wait_round(0, needed=1, timeout_s=5) == 1
+    thread.join()
+    assert time.monotonic() - started < 2

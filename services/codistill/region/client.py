@@ -59,6 +59,7 @@ def get_status(
     token: str | None = None,
     tls: TlsFiles | None = None,
 ) -> RegionStatus:
+    """Read a region's status; `token` is a token derived from the run's secret (e.g. security.operator_token)."""
     with open_channel(address, max_message_bytes, tls) as channel:
         stub = region_pb2_grpc.RegionStub(channel)
         reply = stub.GetStatus(serde.status_request(), timeout=timeout_s, metadata=bearer(token) if token else None)

@@ -32,6 +32,14 @@ class Pool:
         return self.ids.numel() == 0
 
 
+# sync: how many rounds past its own a region takes from a peer. Under a full quorum a peer is at
+# most one round ahead (it needs this region's round r before it publishes r+1); one more covers
+# the moment between this region's publish and its trainer setting `own_version`. Anything
+# further is refused and leaves the sender's last version alone, so a far-future message cannot
+# turn the real sender's later rounds into replays, nor hold rounds for the future.
+SYNC_VERSION_LEAD = 2
+
+
 class PeerInbox:
     def __init__(
         self,
@@ -40,32 +48,60 @@ class PeerInbox:
         num_classes: int,
         transfer_size: int,
         rounds_kept: int = 4,
+        *,
+        temperature: float | None = None,
+        version_lead: int | None = None,
+        last_round: int | None = None,
     ):
+        """`temperature`: the receiver's own distill temperature, which every message must match.
+        `version_lead`: versions beyond own_version + lead are refused (sync rounds).
+        `last_round`: no honest region publishes past this version in this run."""
         self.run_id = run_id
         self.sources = list(sources)
         self.num_classes = num_classes
         self.transfer_size = transfer_size
+        self.temperature = temperature
+        self.version_lead = version_lead
+        self.last_round = last_round
         self._slot = {peer: i for i, peer in enumerate(self.sources)}
         self._cond = threading.Condition()
         P, M, C = len(self.sources), transfer_size, num_classes
         self._probs = torch.zeros(P, M, C)
         self._arrived = torch.full((P, M), -1, dtype=torch.int64)  # receiver step at arrival
-        self._rounds: dict[int, dict[int, PredictionBatch]] = {}
+        # Rounds are kept per sender, so no peer's messages can evict another's.
+        self._rounds: dict[int, dict[int, PredictionBatch]] = {peer: {} for peer in self.sources}
         self._rounds_kept = rounds_kept
+        # Per sender, the newest version refused as too far ahead since its last accepted message:
+        # a region that fell behind (restarted, hung) need not wait for rounds its peers have left.
+        self._ahead: dict[int, int] = {}
         self.counters = {peer: PeerCounters() for peer in self.sources}
         self.rejections: Counter[str] = Counter()
         self.clock = 0  # the receiver's current step, set by its trainer
+        self.own_version = -1  # the receiver's newest published round, set by its trainer
         self.last_message_time: dict[int, float] = {}
         self._interrupted = False
 
     # ------------------------------------------------------------- receive
+    def newest_version(self) -> int | None:
+        """The newest version taken now (None: no bound)."""
+        bounds = [] if self.last_round is None else [self.last_round]
+        if self.version_lead is not None:
+            bounds.append(self.own_version + self.version_lead)
+        return min(bounds, default=None)
+
     def receive(self, batch: PredictionBatch, nbytes: int) -> int:
         """Validate and store; raises MessageRejected (and counts it) on any problem."""
         try:
-            validation.check_content(batch, self.num_classes, self.transfer_size)
+            validation.check_content(batch, self.num_classes, self.transfer_size, self.temperature)
             with self._cond:
                 last = self.counters[batch.sender].last_version if batch.sender in self.counters else -1
-                validation.check_origin(batch, self.run_id, set(self.sources), last)
+                try:
+                    validation.check_origin(batch, self.run_id, set(self.sources), last, self.newest_version())
+                except MessageRejected as exc:
+                    if exc.reason is Rejection.FUTURE_VERSION:
+                        self._ahead[batch.sender] = max(batch.version, self._ahead.get(batch.sender, -1))
+                        self._cond.notify_all()
+                    raise
                 self._store(batch, nbytes)
                 self._cond.notify_all()
         except MessageRejected as exc:
@@ -84,9 +120,11 @@ class PeerInbox:
         batch = PredictionBatch(batch.run_id, batch.sender, batch.version, batch.step, batch.sample_ids, batch.temperature, probs)
         self._probs[slot, batch.sample_ids] = probs
         self._arrived[slot, batch.sample_ids] = self.clock
-        self._rounds.setdefault(batch.version, {})[batch.sender] = batch
-        for old in sorted(self._rounds)[: -self._rounds_kept]:
-            del self._rounds[old]
+        rounds = self._rounds[batch.sender]
+        rounds[batch.version] = batch
+        for old in sorted(rounds)[: -self._rounds_kept]:
+            del rounds[old]
+        self._ahead.pop(batch.sender, None)
         c = self.counters[batch.sender]
         c.last_version, c.messages, c.bytes = batch.version, c.messages + 1, c.bytes + nbytes
         self.last_message_time[batch.sender] = time.monotonic()
@@ -103,11 +141,14 @@ class PeerInbox:
             self._cond.notify_all()
 
     def wait_round(self, version: int, needed: int, timeout_s: float) -> int:
-        """Block until `needed` senders delivered `version` (or a newer one), or timeout. Returns how many did."""
+        """Block until `needed` senders delivered `version` (or a newer one, or were seen past it), or timeout.
+
+        Returns how many did."""
         deadline = time.monotonic() + timeout_s
 
         def arrived() -> int:
-            return sum(1 for c in self.counters.values() if c.last_version >= version)
+            # A sender seen past `version` will not deliver it: waiting for it would be in vain.
+            return sum(1 for p, c in self.counters.items() if max(c.last_version, self._ahead.get(p, -1)) >= version)
 
         with self._cond:
             while arrived() < needed and not self._interrupted:
@@ -120,7 +161,7 @@ class PeerInbox:
     def round_pool(self, version: int) -> Pool:
         """Predictions of exactly round `version`; senders that missed it are masked."""
         with self._cond:
-            batches = dict(self._rounds.get(version, {}))
+            batches = {p: rounds[version] for p, rounds in self._rounds.items() if version in rounds}
         P, C = len(self.sources), self.num_classes
         if not batches:
             return Pool(torch.empty(0, dtype=torch.int64), torch.empty(P, 0, C), torch.empty(P, 0, dtype=torch.bool))
@@ -164,4 +205,4 @@ def sample(pool: Pool, size: int, generator: torch.Generator) -> Pool:
     return Pool(pool.ids[pick], pool.peers[:, pick], pool.mask[:, pick])
 
 
-__all__ = ["MessageRejected", "PeerInbox", "Pool", "sample"]
+__all__ = ["SYNC_VERSION_LEAD", "MessageRejected", "PeerInbox", "Pool", "sample"]

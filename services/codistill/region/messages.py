@@ -46,12 +46,21 @@ class Rejection(str, Enum):
     UNKNOWN_SAMPLE = "unknown_sample"
     DUPLICATE_SAMPLE = "duplicate_sample"
     TOO_LARGE = "too_large"
+    UNDECODABLE = "undecodable"
     UNAUTHENTICATED = "unauthenticated"
+    WRONG_IDENTITY = "wrong_identity"
+    FUTURE_VERSION = "future_version"
 
     @property
     def depends_on_state(self) -> bool:
         """True for refusals that hinge on the receiver's state (FAILED_PRECONDITION)."""
-        return self in (Rejection.WRONG_RUN, Rejection.UNKNOWN_SENDER, Rejection.REPLAY, Rejection.NOT_READY)
+        return self in (
+            Rejection.WRONG_RUN,
+            Rejection.UNKNOWN_SENDER,
+            Rejection.REPLAY,
+            Rejection.NOT_READY,
+            Rejection.FUTURE_VERSION,
+        )
 
 
 class MessageRejected(Exception):

@@ -9,18 +9,24 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-import grpc
-
 from codistill.config import RunConfig
 from codistill.metrics import RegionMetrics
+from codistill.region import serde
 from codistill.region.client import GrpcTransport
-from codistill.region.inbox import PeerInbox
+from codistill.region.inbox import SYNC_VERSION_LEAD, PeerInbox
 from codistill.region.messages import RegionState, RegionStatus, Rejection
-from codistill.region.security import TlsFiles
-from codistill.region.server import create_server, set_serving
+from codistill.region.security import Authority, TlsFiles, TokenBook, region_token
+from codistill.region.server import RegionServer, create_server
 from codistill.region.servicer import RegionServicer
 from codistill.region.trainer import RegionData, RegionResult, RegionTrainer
 from codistill.region.transport import InProcessTransport
+
+
+def message_cap(configured: int | None, ids_per_message: int, num_classes: int) -> int:
+    """exchange.max_message_bytes as given, or, when None, the largest honest message plus headroom."""
+    if configured is not None:
+        return configured
+    return serde.default_max_message_bytes(ids_per_message, num_classes)
 
 
 class RegionNode:
@@ -43,33 +49,43 @@ class RegionNode:
         self.trainer.on_hang = self._hang
         self._resolve = resolve
         self.inbox: PeerInbox | None = None
-        self._server: grpc.Server | None = None
-        self._health = None
+        self._server: RegionServer | None = None
         self.address: str | None = None
         self.servicer: RegionServicer | None = None
         self.metrics: RegionMetrics | None = None
         self.metrics_address: str | None = None
         self._sources: list[int] = []
         sec = cfg.security
-        self._token = sec.resolved_token()
+        self._secret = sec.resolved_token()  # the run's secret; each region presents a token derived from it
         self._tls = TlsFiles.load(sec.tls_dir, region_id) if sec.tls_dir else None
         self.unauthenticated = 0
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest PushPredictions this region sends or takes."""
+        transfer = len(self.trainer.x_transfer)
+        chunk = self.cfg.exchange.chunk_size
+        ids = transfer if chunk is None else min(chunk, transfer)
+        return message_cap(self.cfg.exchange.max_message_bytes, ids, self.trainer.num_classes)
 
     # ------------------------------------------------------------ lifecycle
     def serve(self, host: str = "127.0.0.1") -> str:
         """Start the gRPC server on a free port of `host`; returns host:port."""
-        self.servicer = RegionServicer(lambda: self.inbox, self.status)
+        cap = self.max_message_bytes
+        authority = Authority(TokenBook(self._secret) if self._secret else None, tls=self._tls is not None)
+        self.servicer = RegionServicer(lambda: self.inbox, self.status, max_message_bytes=cap, authority=authority)
         bind = f"[{host}]:0" if ":" in host else f"{host}:0"
-        self._server, port, self._health = create_server(
+        self._server = create_server(
             bind,
             self.servicer,
-            max_message_bytes=self.cfg.exchange.max_message_bytes,
-            token=self._token,
+            max_message_bytes=cap,
+            token=self._secret,
             tls=self._tls,
             on_unauthenticated=self._unauthenticated,
         )
         self._server.start()
-        set_serving(self._health, True)
+        self._server.set_serving(True)
+        port = self._server.port
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if self.cfg.monitor.metrics:
             self.metrics = RegionMetrics(self.run_id, self.id)
@@ -82,7 +98,20 @@ class RegionNode:
 
     def prepare(self, sources: list[int]) -> PeerInbox:
         """Create the inbox for predictions from `sources`; messages are refused before this."""
-        self.inbox = PeerInbox(self.run_id, sources, self.trainer.num_classes, len(self.trainer.x_transfer))
+        ex = self.cfg.exchange
+        inbox = PeerInbox(
+            self.run_id,
+            sources,
+            self.trainer.num_classes,
+            len(self.trainer.x_transfer),
+            temperature=self.cfg.distill.temperature,
+            version_lead=SYNC_VERSION_LEAD if ex.mode == "sync" else None,
+            # Rounds are numbered by step: no region of this run publishes past this one.
+            last_round=self.trainer.steps // ex.publish_interval,
+        )
+        if self.servicer is not None:
+            inbox.rejections.update(self.servicer.early_rejections)
+        self.inbox = inbox
         self._sources = list(sources)
         self._declare_metrics([])
         return self.inbox
@@ -109,8 +138,8 @@ class RegionNode:
             targets,
             dtype=ex.dtype,
             rpc_timeout_s=ex.rpc_timeout_s,
-            max_message_bytes=ex.max_message_bytes,
-            token=self._token,
+            max_message_bytes=self.max_message_bytes,
+            token=region_token(self._secret, self.id) if self._secret else None,
             tls=self._tls,
             resolve=self._resolve,
             keep_all=ex.mode == "sync",
@@ -132,9 +161,11 @@ class RegionNode:
         self.trainer.stop()
         self.trainer.transport.close()
         if self._server is not None:
-            set_serving(self._health, False)
-            self._server.stop(grace_s).wait()
+            self._server.set_serving(False)
+            self._server.stop(grace_s)
             self._server = None
+        if self.servicer is not None:
+            self.servicer.close()
         if self.metrics is not None:
             self.metrics.close()
         if self.trainer.state is not RegionState.FAILED:

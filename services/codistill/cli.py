@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from codistill import config as config_mod
-from codistill.config import STRATEGIES, ConfigError
+from codistill.config import STRATEGIES, ConfigError, excerpt, excerpt_path
 from codistill.data import DataError
 from codistill.partition import PartitionError
 from codistill.region.security import SecurityError
@@ -68,8 +71,31 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _fail(console: Console, message: str, code: int) -> int:
-    console.print(f"[bold red]codistill: error:[/] {message}", highlight=False, soft_wrap=True)
+    # Escaped: a value echoed in the message must not be read as rich markup; one line whatever it holds.
+    line = " ".join(message.splitlines())
+    console.print(f"[bold red]codistill: error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     return code
+
+
+def _check_out(out: Path, *, force: bool, reuse: bool = False) -> None:
+    """Fail before anything starts unless `out` is, or can be created as, a folder we can write.
+
+    `reuse`: the folder's files are expected there (a resumed run, a bench's finished cells).
+    """
+    shown = excerpt_path(out)
+    try:
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"output folder {shown} is a file; choose another --out")
+        if out.is_dir() and not reuse and not force and any(out.iterdir()):
+            raise ConfigError(f"output folder {shown} already holds files; choose another --out or pass --force")
+        base = next((p for p in (out, *out.parents) if p.exists()), Path(out.anchor or "."))
+        if not base.is_dir():
+            raise ConfigError(f"output folder {shown} lies under {excerpt_path(base)}, which is a file")
+        # Creating and removing a folder is the one test of writability that holds for every
+        # user (root ignores permission bits) and every filesystem (read-only mounts).
+        os.rmdir(tempfile.mkdtemp(prefix=".codistill-", dir=base))
+    except OSError as exc:
+        raise ConfigError(f"output folder {shown} cannot be created ({exc.strerror or exc.__class__.__name__})") from None
 
 
 def _check_security(cfg) -> None:
@@ -82,6 +108,13 @@ def _check_security(cfg) -> None:
             TlsFiles.load(cfg.security.tls_dir, region)
 
 
+def _is_run_folder(folder: Path) -> bool:
+    try:
+        return (folder / "state.json").is_file() and (folder / "config.yaml").is_file()
+    except OSError:  # e.g. a name longer than the filesystem allows
+        return False
+
+
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     try:
         overrides = list(args.overrides)
@@ -92,19 +125,19 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             if args.config or compare or args.out:
                 raise ConfigError("--resume takes the config, strategies and folder of the run it continues; drop CONFIG, --compare and --out")
             out = args.resume
-            if not (out / "state.json").is_file() or not (out / "config.yaml").is_file():
-                raise ConfigError(f"--resume: {out} is not the folder of a started codistill run (no state.json/config.yaml)")
+            if not _is_run_folder(out):
+                raise ConfigError(f"--resume: {excerpt_path(out)} is not the folder of a started codistill run (no state.json/config.yaml)")
             cfg = config_mod.load(out / "config.yaml", overrides)
+            _check_out(out, force=True, reuse=True)
         else:
             if not args.config:
                 raise ConfigError("give a CONFIG file, or --resume RUN_DIR")
             cfg = config_mod.load(args.config, overrides)
             unknown = [s for s in compare if s not in STRATEGIES]
             if unknown:
-                raise ConfigError(f"--compare: unknown strategy '{unknown[0]}' (expected one of {', '.join(STRATEGIES)})")
+                raise ConfigError(f"--compare: unknown strategy {excerpt(unknown[0])} (expected one of {', '.join(STRATEGIES)})")
             out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
-            if out.exists() and any(out.iterdir()) and not args.force:
-                raise ConfigError(f"output folder {out} already holds files; choose another --out or pass --force")
+            _check_out(out, force=args.force)
         _check_security(cfg)
         from codistill.launch import driver
 
@@ -151,14 +184,16 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args, console)
     if args.command == "bench":
         from codistill.bench import load_suite, run_bench
+        from codistill.bench_report import MixedVersions
 
         try:
             suite = load_suite(args.suite)
             if args.seeds is not None and args.seeds < 1:
                 raise ConfigError("--seeds must be at least 1")
+            out = args.out or Path("runs") / f"bench-{suite.name}"
+            _check_out(out, force=True, reuse=True)  # finished cells in it are reused
         except ConfigError as exc:
             return _fail(console, str(exc), EXIT_USAGE)
-        out = args.out or Path("runs") / f"bench-{suite.name}"
         try:
             command = "codistill " + " ".join(sys.argv[1:])
             run_bench(
@@ -167,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         except RegionError as exc:
             return _fail(console, str(exc), EXIT_FAILED)
+        except MixedVersions as exc:
+            return _fail(console, str(exc), EXIT_USAGE)
         console.print(f"bench: {out / 'bench.json'}  report: {args.report or out / 'report.md'}", highlight=False)
         return 0
     if args.command == "certs":

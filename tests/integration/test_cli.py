@@ -11,8 +11,21 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+# Should a guard ever let bad input through, the run it starts stays seconds long and Ray-free.
+TINY = ["--quiet", "--set", "train.steps=5", "--set", "exchange.transport=inprocess", "--set", "monitor.metrics=false"]
+
+
 def codistill(*args, cwd):
     return subprocess.run([sys.executable, "-m", "codistill", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_usage_error(res, needle):
+    """Exit 2 and one short line naming the problem: no traceback, no run header, no Ray."""
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], lines
+    assert lines[0].startswith("codistill: error: ") and len(lines[0]) <= 240, lines
 
 
 @pytest.mark.parametrize(
@@ -22,16 +35,84 @@ def codistill(*args, cwd):
         ("data.partition.alpha=0", "data.partition.alpha"),
         ("regions.count=5000", "regions.count=5000 exceeds"),
         ("consensus.rule=vote", "consensus.rule"),
+        ("regions.count=true", "regions.count: Input should be a valid integer (got True)"),
+        ("distill.temperature=.inf", "distill.temperature: Input should be a finite number"),
+        ("train.lr=.nan", "train.lr: Input should be a finite number"),
+        ("exchange.round_timeout_s=.inf", "exchange.round_timeout_s: Input should be a finite number"),
+        ("chaos.hang_seconds=1e300", "chaos.hang_seconds: Input should be less than or equal to 86400"),
+        ("exchange.max_message_bytes=2147483648", "exchange.max_message_bytes: Input should be less than"),
+        ("regions.hidden=[]", "regions.hidden: List should have at least 1 item"),
+        ("regions.hidden=[64,-1]", "regions.hidden.1: Input should be greater than or equal to 1"),
+        (f"name={'n' * 50_000}", "name: String should have at most 100 characters"),
+        (f"data.data_dir={'d' * 50_000}", "data.data_dir: String should have at most 4096 characters"),
     ],
 )
 def test_bad_config_is_one_line_exit_2_and_starts_nothing(tmp_path, override, needle):
     out = tmp_path / "out"
-    res = codistill("run", str(ROOT / "configs" / "quickstart.yaml"), "--set", override, "--out", str(out), cwd=tmp_path)
-    assert res.returncode == 2, res.stdout + res.stderr
-    lines = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
-    assert len(lines) == 1 and needle in lines[0], lines
+    res = codistill("run", QUICKSTART, *TINY, "--set", override, "--out", str(out), cwd=tmp_path)
+    assert_one_line_usage_error(res, needle)
     assert not out.exists()
     assert "Started a local Ray" not in res.stderr
+
+
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", "not UTF-8 text (byte 0)"),
+        ("name: caf\xe9\n".encode("latin-1"), "not UTF-8 text (byte 9)"),
+        (b"name: x\x00\n", "not valid YAML (ReaderError)"),
+        (b"name: 2024-13-45\n", "not valid YAML (ValueError)"),
+    ],
+    ids=["binary", "latin-1", "nul", "bad-date"],
+)
+def test_unreadable_config_file_is_one_line_exit_2(tmp_path, content, needle):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    out = tmp_path / "out"
+    res = codistill("run", str(path), *TINY, "--out", str(out), cwd=tmp_path)
+    assert_one_line_usage_error(res, needle)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_out_naming_a_file_is_one_line_exit_2(tmp_path, force):
+    out = tmp_path / "results.txt"
+    out.write_text("keep me")
+    res = codistill("run", QUICKSTART, *TINY, "--out", str(out), *(["--force"] if force else []), cwd=tmp_path)
+    assert_one_line_usage_error(res, "is a file; choose another --out")
+    assert out.read_text() == "keep me"
+
+
+def test_out_under_a_file_is_one_line_exit_2(tmp_path):
+    (tmp_path / "plain").write_text("")
+    res = codistill("run", QUICKSTART, *TINY, "--out", str(tmp_path / "plain" / "run"), cwd=tmp_path)
+    assert_one_line_usage_error(res, "which is a file")
+
+
+def test_out_in_an_unwritable_place_is_one_line_exit_2(tmp_path):
+    # sysfs refuses new folders even to root, for whom permission bits are no obstacle.
+    out = Path("/sys/codistill-test-out") / "run"
+    res = codistill("run", QUICKSTART, *TINY, "--out", str(out), cwd=tmp_path)
+    assert_one_line_usage_error(res, "cannot be created")
+    assert not out.parent.exists()
+
+
+def test_out_with_an_impossible_name_is_one_short_line(tmp_path):
+    res = codistill("run", QUICKSTART, *TINY, "--out", str(tmp_path / ("o" * 5000)), cwd=tmp_path)
+    assert_one_line_usage_error(res, "cannot be created (File name too long)")
+
+
+def test_compare_value_is_not_read_as_markup(tmp_path):
+    res = codistill("run", QUICKSTART, *TINY, "--compare", "[/bold]" + "x" * 5000, "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert_one_line_usage_error(res, "--compare: unknown strategy '[/bold]xxx")
+
+
+def test_bench_out_naming_a_file_is_one_line_exit_2(tmp_path):
+    out = tmp_path / "bench.txt"
+    out.write_text("keep me")
+    res = codistill("bench", str(ROOT / "benchmarks" / "suites" / "smoke.yaml"), "--out", str(out), cwd=tmp_path)
+    assert_one_line_usage_error(res, "is a file; choose another --out")
+    assert out.read_text() == "keep me"
 
 
 def test_existing_output_folder_is_not_clobbered(tmp_path):
@@ -62,6 +143,7 @@ def test_local_ray_run_stays_on_loopback(tmp_path):
     res = codistill(
         "run", str(ROOT / "configs" / "quickstart.yaml"), "--out", str(out), "--quiet",
         "--set", "train.steps=40", "--set", "regions.count=3", "--set", "exchange.publish_interval=20",
+        "--set", "distill.burn_in=10",  # rounds start at the burn-in, so it must come before the last step
         cwd=tmp_path,
     )
     assert res.returncode == 0, res.stdout + res.stderr

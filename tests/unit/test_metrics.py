@@ -40,7 +40,7 @@ def _scrape(metrics: RegionMetrics) -> dict:
 def fed_metrics():
     """Metrics of region 0 after real inbox traffic, including hostile free text."""
     m = RegionMetrics("run-a", 0)
-    inbox = PeerInbox("run-a", [1, 2], num_classes=3, transfer_size=10)
+    inbox = PeerInbox("run-a", [1, 2], num_classes=3, transfer_size=10, version_lead=2)
     m.declare([1, 2], [1, 2], [r.value for r in Rejection])
     good = PredictionBatch("run-a", 1, 0, 0, torch.arange(3), 2.0, torch.full((3, 3), 1 / 3))
     inbox.receive(good, 120)
@@ -48,6 +48,7 @@ def fed_metrics():
         PredictionBatch("run-a'}evil{x=\"", 1, 1, 0, torch.arange(3), 2.0, torch.full((3, 3), 1 / 3)),
         PredictionBatch("run-a", 99999, 1, 0, torch.arange(3), 2.0, torch.full((3, 3), 1 / 3)),
         PredictionBatch("run-a", 2, 1, 0, torch.arange(3), 2.0, torch.full((3, 3), float("nan"))),
+        PredictionBatch("run-a", 2, 2**62, 0, torch.arange(3), 2.0, torch.full((3, 3), 1 / 3)),
     ]
     for bad in hostile:
         with pytest.raises(MessageRejected):
@@ -87,6 +88,9 @@ def test_counters_follow_the_inbox(fed_metrics):
     f = _scrape(fed_metrics)
     rejected = {s.labels["reason"]: s.value for s in f["codistill_rejected_messages"].samples if s.name.endswith("_total")}
     assert rejected["wrong_run"] == 1 and rejected["unknown_sender"] == 1 and rejected["non_finite"] == 1
+    assert rejected["future_version"] == 1
+    # Bytes count only accepted payload: the refused messages' 4 x 50 bytes are not in it.
+    assert f["codistill_received_bytes"].samples[0].value == 120
     assert rejected["replay"] == 0  # declared up front, so rates exist before the first event
     received = {s.labels["peer"]: s.value for s in f["codistill_messages_received"].samples if s.name.endswith("_total")}
     assert received == {"1": 1.0, "2": 0.0}

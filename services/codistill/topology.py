@@ -20,9 +20,27 @@ def neighbours(kind: str, n: int, k: int = 2, seed: int = 0) -> dict[int, list[i
     if kind == "random-k":
         if n > 1 and not 1 <= k <= n - 1:
             raise ValueError(f"random-k needs 1 <= k <= {n - 1}, got {k}")
-        rng = np.random.default_rng(seed)
-        return {i: sorted(int(j) for j in rng.choice([j for j in range(n) if j != i], size=min(k, n - 1), replace=False)) for i in range(n)}
+        return _random_k(n, k, np.random.default_rng(seed))
     raise ValueError(f"unknown topology '{kind}' (expected full, ring or random-k)")
+
+
+def _random_k(n: int, k: int, rng: np.random.Generator) -> dict[int, list[int]]:
+    """k random peers per region, the first along a random cycle through all regions.
+
+    Drawing k peers independently can leave a region that nobody sends to, which
+    then never distils; the cycle gives every region a sender and makes the graph
+    strongly connected, so what one region knows can reach every other.
+    """
+    if n == 1:
+        return {0: []}
+    order = [int(i) for i in rng.permutation(n)]
+    successor = {order[j]: order[(j + 1) % n] for j in range(n)}
+    graph = {}
+    for i in range(n):
+        others = [j for j in range(n) if j not in (i, successor[i])]
+        extra = rng.choice(others, size=k - 1, replace=False) if k > 1 else []
+        graph[i] = sorted([successor[i], *(int(j) for j in extra)])
+    return graph
 
 
 def sources(graph: dict[int, list[int]]) -> dict[int, list[int]]:

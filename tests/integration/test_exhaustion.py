@@ -42,7 +42,7 @@ def _node(cfg) -> RegionNode:
 def _derived_cap(cfg) -> config.RunConfig:
     """exchange.max_message_bytes None: the region derives its cap from the message size."""
     cfg = cfg.model_copy(deep=True)
-    cfg.exchange = cfg.exchange.model_copy(update={"max_message_bytes": None})
+    cfg.exchange.max_message_bytes = None
     return cfg
 
 

@@ -1,14 +1,17 @@
 """`codistill report RUN_DIR`: convergence plots from a run's metrics.jsonl.
 
 Writes PNGs into RUN_DIR/plots/: convergence.png (accuracy, disagreement,
-KL to consensus and agreement over steps) and accuracy.png (final per-region
-test accuracy per strategy).
+KL to consensus and agreement over steps, each panel only where the run has
+data for it), accuracy.png (final per-region test accuracy per strategy) and,
+for an `omit` run, hidden_class.png (recall on the hidden classes of regions
+that never saw them labelled and of those that did: Hinton's "no 3s").
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -56,33 +59,108 @@ def _style(strategy: str) -> tuple[str, str]:
     return STYLE.get(strategy, ("tab:gray", "-."))
 
 
-def plot_convergence(records: list[dict], path: Path, title: str) -> Path:
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    ax = axes[0, 0]
+@dataclass(frozen=True)
+class Panel:
+    """One axis of the convergence figure: labelled lines, each [(step, value)]."""
+
+    title: str
+    ylabel: str
+    lines: tuple[tuple[str, str, tuple[tuple[int, float], ...], bool], ...]  # (label, strategy, points, bold)
+
+
+def _mean_line(by_region: dict[int, list[tuple[int, float]]]) -> tuple[tuple[int, float], ...]:
+    steps: dict[int, list[float]] = defaultdict(list)
+    for pts in by_region.values():
+        for step, value in pts:
+            steps[step].append(value)
+    return tuple((step, sum(v) / len(v)) for step, v in sorted(steps.items()))
+
+
+def convergence_panels(records: list[dict]) -> list[Panel]:
+    """The panels a run has data for: no empty axis, whatever the strategies or the region count.
+
+    Per-region lines are drawn thin and the mean over regions bold, so 2 regions
+    and 20 read alike.
+    """
+    panels = []
+    lines = []
     for strategy, regions in _series(records, "eval", "test_accuracy").items():
-        color, ls = _style(strategy)
-        for i, (region, pts) in enumerate(sorted(regions.items())):
-            ax.plot(*zip(*pts), color=color, ls=ls, lw=0.8, alpha=0.5, label=strategy if i == 0 else None)
+        lines += [(strategy if i == 0 else "", strategy, tuple(pts), False) for i, (_, pts) in enumerate(sorted(regions.items()))]
     for strategy, regions in _series(records, "run", "mean_test_accuracy").items():
-        color, _ = _style(strategy)
-        ax.plot(*zip(*regions[-1]), color=color, lw=2.5, label=f"{strategy} (mean)")
-    ax.set(title="test accuracy per region", xlabel="step", ylabel="accuracy")
-    ax.legend(fontsize=8)
-    ax = axes[0, 1]
-    for strategy, regions in _series(records, "run", "disagreement").items():
-        color, ls = _style(strategy)
-        ax.plot(*zip(*regions[-1]), color=color, ls=ls, lw=2, label=strategy)
-    ax.set(title="disagreement between regions (test set)", xlabel="step", ylabel="share of examples")
-    ax.legend(fontsize=8)
-    for ax, key, label in ((axes[1, 0], "kl_to_consensus", "KL(consensus ‖ own), nats"), (axes[1, 1], "agreement", "argmax agreement with consensus")):
+        lines.append((f"{strategy} (mean)", strategy, tuple(regions[-1]), True))
+    if lines:
+        panels.append(Panel("test accuracy per region", "accuracy", tuple(lines)))
+    dis = [(s, s, tuple(r[-1]), True) for s, r in _series(records, "run", "disagreement").items() if len(r[-1])]
+    if dis:
+        panels.append(Panel("disagreement between regions (transfer-set probe)", "share of examples", tuple(dis)))
+    for key, title in (("kl_to_consensus", "KL(consensus ‖ own), nats"), ("agreement", "argmax agreement with consensus")):
+        lines = []
         for strategy, regions in _series(records, "eval", key).items():
-            color, _ = _style(strategy)
-            for region, pts in sorted(regions.items()):
-                ax.plot(*zip(*pts), lw=1, label=f"region {region}")
-        ax.set(title=label, xlabel="step")
-        if ax.lines and len(ax.lines) <= 10:
-            ax.legend(fontsize=7, ncol=2)
+            lines += [("", strategy, tuple(pts), False) for _, pts in sorted(regions.items())]
+            lines.append((f"{strategy} (mean over regions)", strategy, _mean_line(regions), True))
+        if lines:
+            panels.append(Panel(title, "", tuple(lines)))
+    return panels
+
+
+def plot_convergence(records: list[dict], path: Path, title: str) -> Path:
+    panels = convergence_panels(records)
+    if not panels:
+        raise ReportError("metrics.jsonl holds no evaluations to plot")
+    cols = 2 if len(panels) > 1 else 1
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.remove()  # an odd panel count leaves one slot unused, not an empty axis
+    for ax, panel in zip(axes.flat, panels):
+        for label, strategy, pts, bold in panel.lines:
+            color, ls = _style(strategy)
+            ax.plot(*zip(*pts), color=color, ls=ls, lw=2.2 if bold else 0.7, alpha=1.0 if bold else 0.45, label=label or None)
+        ax.set(title=panel.title, xlabel="step", ylabel=panel.ylabel)
+        ax.grid(alpha=0.3)
+        if any(label for label, *_ in panel.lines):
+            ax.legend(fontsize=8)
     fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def hidden_class_recall(results: dict) -> dict[str, dict[str, float]]:
+    """strategy -> {"blind": recall, "seeing": recall} on the hidden classes of an `omit` run."""
+    cfg = results.get("config", {})
+    part = cfg.get("data", {}).get("partition", {})
+    if part.get("kind") != "omit":
+        return {}
+    hidden = part.get("omit_classes") or []
+    count = cfg.get("regions", {}).get("count", 0)
+    blind = set(part.get("omit_regions") if part.get("omit_regions") is not None else range(count // 2))
+    out: dict[str, dict[str, float]] = {}
+    for strategy, r in (results.get("compare") or {results["strategy"]: results}).items():
+        groups = {"blind": [], "seeing": []}
+        for reg in r["regions"]:
+            side = "blind" if reg["id"] in blind and strategy != "centralized" else "seeing"
+            groups[side].append(sum(reg["per_class_recall"][c] for c in hidden) / len(hidden))
+        out[strategy] = {side: sum(v) / len(v) for side, v in groups.items() if v}
+    return out
+
+
+def plot_hidden_class(results: dict, path: Path) -> Path | None:
+    recall = hidden_class_recall(results)
+    if not recall:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for k, (strategy, sides) in enumerate(recall.items()):
+        for j, side in enumerate(("blind", "seeing")):
+            if side in sides:
+                ax.bar(k + (j - 0.5) * 0.38, 100 * sides[side], 0.36, color=_style(strategy)[0], alpha=1.0 if side == "seeing" else 0.55,
+                       hatch="//" if side == "blind" else None, label=f"regions that {'never saw' if side == 'blind' else 'saw'} it" if k == 0 else None)
+                ax.annotate(f"{100 * sides[side]:.0f}%", (k + (j - 0.5) * 0.38, 100 * sides[side]), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(recall)), list(recall))
+    classes = results["config"]["data"]["partition"]["omit_classes"]
+    ax.set(ylabel="recall on the hidden class (%)", ylim=(0, 105), title=f"Hidden class {classes}: recall of blind and seeing regions")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -116,5 +194,9 @@ def report(run_dir: Path) -> list[Path]:
         name = json.loads(results_path.read_text()).get("config", {}).get("name", name)
     paths = [plot_convergence(records, out / "convergence.png", name)]
     if results_path.is_file():
-        paths.append(plot_accuracy(json.loads(results_path.read_text()), out / "accuracy.png"))
+        results = json.loads(results_path.read_text())
+        paths.append(plot_accuracy(results, out / "accuracy.png"))
+        hidden = plot_hidden_class(results, out / "hidden_class.png")
+        if hidden is not None:
+            paths.append(hidden)
     return paths

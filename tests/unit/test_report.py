@@ -35,3 +35,45 @@ def test_convergence_can_end_the_run_early(tiny_cfg, tmp_path):
     assert all(r["steps"] < 400 for r in doc["regions"])
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any(r["kind"] == "run" and r["converged"] for r in records)
+
+
+@pytest.mark.parametrize("regions,compare", [(2, ["independent"]), (20, [])])
+def test_every_panel_has_data_for_2_and_20_regions(tiny_cfg, tmp_path, regions, compare):
+    from codistill.report import convergence_panels, load_records
+
+    cfg = tiny_cfg.model_copy(deep=True)
+    cfg.regions.count = regions
+    cfg.data.synthetic_samples = 3000
+    cfg.data.partition.kind = "iid"
+    driver.run(cfg, tmp_path, compare=compare)
+    panels = convergence_panels(load_records(tmp_path))
+    assert len(panels) == 4  # accuracy, disagreement, KL, agreement: codistill has data for each
+    for panel in panels:
+        assert panel.lines and all(len(points) >= 2 for _, _, points, _ in panel.lines), panel.title
+    report(tmp_path)
+
+
+def test_a_run_without_distillation_draws_no_empty_panel(tiny_cfg, tmp_path):
+    from codistill.report import convergence_panels, load_records
+
+    cfg = tiny_cfg.model_copy(deep=True)
+    cfg.strategy = "independent"
+    driver.run(cfg, tmp_path)
+    titles = [p.title for p in convergence_panels(load_records(tmp_path))]
+    assert titles == ["test accuracy per region", "disagreement between regions (transfer-set probe)"]
+    assert [p.name for p in report(tmp_path)] == ["convergence.png", "accuracy.png"]
+
+
+def test_an_omit_run_plots_the_hidden_class_for_blind_and_seeing_regions(tiny_cfg, tmp_path):
+    from codistill.report import hidden_class_recall
+
+    cfg = tiny_cfg.model_copy(deep=True)
+    cfg.data.partition.kind = "omit"
+    cfg.data.partition.omit_classes = [1]
+    doc = driver.run(cfg, tmp_path, compare=["independent"])
+    recall = hidden_class_recall(doc)
+    # Region 0 (the first half of 3) never sees class 1 labelled: alone it cannot recall it.
+    assert recall["independent"]["blind"] == doc["compare"]["independent"]["regions"][0]["per_class_recall"][1] == 0.0
+    assert recall["codistill"]["blind"] > 0.3 and set(recall["codistill"]) == {"blind", "seeing"}
+    assert (tmp_path / "plots" / "hidden_class.png").is_file() is False
+    assert [p.name for p in report(tmp_path)][-1] == "hidden_class.png"

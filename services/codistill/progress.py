@@ -6,6 +6,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from codistill.summaries import hidden_class_recall
+
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -79,6 +81,12 @@ def results_table(doc: dict) -> Table:
             row.append(f"{regs[i]['test_accuracy']:.3f}" if i < len(regs) else "")
         table.add_row(*row)
     table.add_section()
+    hidden = hidden_class_recall(doc)
+    if hidden:  # Hinton's "no 3s": can regions that never saw the class labelled recognise it?
+        classes = ", ".join(str(c) for c in doc["config"]["data"]["partition"]["omit_classes"])
+        for side, label in (("blind", f"class {classes} recall, blind"), ("seeing", f"class {classes} recall, seeing")):
+            table.add_row(label, *[f"{hidden[s][side]:.3f}" if side in hidden.get(s, {}) else "" for s in runs])
+        table.add_section()
     for label, key, fmt in (
         ("mean", "mean_test_accuracy", lambda v: f"{v:.3f}"),
         ("ensemble", "ensemble_test_accuracy", lambda v: f"{v:.3f}"),

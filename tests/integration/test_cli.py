@@ -154,3 +154,21 @@ def test_local_ray_run_stays_on_loopback(tmp_path):
     assert addresses and all(a.startswith("127.0.0.1:") for a in addresses), endpoints
     doc = json.loads((out / "results.json").read_text())
     assert doc["transport"] == "grpc" and doc["bytes_sent"] > 0
+
+
+def test_an_omit_run_shows_hidden_class_recall_in_the_final_table(tmp_path):
+    tiny = ["--set", "data.dataset=synthetic", "--set", "data.synthetic_samples=1200", "--set", "data.transfer_size=300",
+            "--set", "data.test_size=300", "--set", "regions.count=4", "--set", "regions.hidden=[32]",
+            "--set", "train.steps=60", "--set", "distill.burn_in=10", "--set", "exchange.publish_interval=10",
+            "--set", "exchange.transport=inprocess", "--set", "monitor.metrics=false", "--set", "fault.checkpoint_every=0"]
+    res = codistill("run", QUICKSTART, *tiny, "--set", "data.partition.kind=omit", "--set", "data.partition.omit_classes=[1]",
+                    "--compare", "independent", "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = json.loads((tmp_path / "run" / "results.json").read_text())
+    lines = {line.split("│")[1].strip(): line for line in res.stdout.splitlines() if line.count("│") >= 3}
+    blind = [c.strip() for c in lines["class 1 recall, blind"].split("│")[2:4]]
+    # Regions 0 and 1 never see class 1 labelled: alone they cannot recall it; the table says so.
+    indep = doc["compare"]["independent"]["regions"]
+    assert blind[1] == f"{(indep[0]['per_class_recall'][1] + indep[1]['per_class_recall'][1]) / 2:.3f}" == "0.000"
+    assert float(blind[0]) > 0.3
+    assert "class 1 recall, seeing" in lines

@@ -136,6 +136,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             unknown = [s for s in compare if s not in STRATEGIES]
             if unknown:
                 raise ConfigError(f"--compare: unknown strategy {excerpt(unknown[0])} (expected one of {', '.join(STRATEGIES)})")
+            for strategy in compare:  # a strategy that cannot run must fail now, not after the others ran
+                config_mod.for_strategy(cfg, strategy)
             out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
             _check_out(out, force=args.force)
         _check_security(cfg)

@@ -405,6 +405,14 @@ def from_dict(raw: dict[str, Any]) -> RunConfig:
         raise ConfigError(_format_error(exc)) from None
 
 
+def for_strategy(cfg: RunConfig, strategy: str) -> RunConfig:
+    """`cfg` run as `strategy` (a --compare entry), with every check a config gets before anything starts."""
+    try:
+        return RunConfig.model_validate({**cfg.model_dump(), "strategy": strategy})
+    except ValidationError as exc:
+        raise ConfigError(f"--compare {strategy}: {_format_error(exc)}") from None
+
+
 def _read_text(path: Path) -> str:
     """The config file's text; a missing, unreadable, huge or binary file is a ConfigError."""
     shown = excerpt_path(path)

@@ -172,3 +172,11 @@ def test_an_omit_run_shows_hidden_class_recall_in_the_final_table(tmp_path):
     assert blind[1] == f"{(indep[0]['per_class_recall'][1] + indep[1]['per_class_recall'][1]) / 2:.3f}" == "0.000"
     assert float(blind[0]) > 0.3
     assert "class 1 recall, seeing" in lines
+
+
+def test_compare_fedavg_with_mixed_architectures_fails_before_anything_starts(tmp_path):
+    res = codistill("run", QUICKSTART, *TINY, "--set", "regions.models=[mlp,cnn,mlp,cnn,mlp,cnn]",
+                    "--compare", "independent,fedavg", "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert_one_line_usage_error(res, "--compare fedavg: ")
+    assert "one architecture" in res.stdout + res.stderr
+    assert not (tmp_path / "run").exists()  # nothing started, no run folder

@@ -221,4 +221,6 @@ def run(
             )
             state["done"][strategy] = result.summary()
             _write_json(out_dir / STATE_FILE, state)
+            # A strategy that fails later must not cost the results of those that finished.
+            write_results(out_dir, cfg, run_id, split, {s: state["done"][s] for s in state["strategies"] if s in state["done"]})
     return write_results(out_dir, cfg, run_id, split, {s: state["done"][s] for s in state["strategies"]})

@@ -23,3 +23,14 @@ def test_stop_when_converged_reads_the_transfer_probe_not_the_test_split():
     other = RunMonitor(MonitorConfig(stop_when_converged=True, patience=1), "run", y_test, 2, None)
     assert not other.observe(snapshots([test_a, test_a], [probe, 1 - probe], 10))
     assert other.records[-1]["disagreement"] == 1.0
+
+
+def test_the_printed_prometheus_command_stays_on_loopback_and_in_the_run_folder(tmp_path):
+    from codistill.launch.monitor import prometheus_command, write_prometheus_config, write_service_discovery
+
+    folder = tmp_path / "run" / "prometheus"
+    config = write_prometheus_config(folder, write_service_discovery(folder, {0: "127.0.0.1:5000"}, None))
+    command = prometheus_command(config)
+    assert "--web.listen-address=127.0.0.1:9090" in command
+    assert f"--storage.tsdb.path={folder / 'data'}" in command  # not ./data wherever the user stands
+    assert command in config.read_text()

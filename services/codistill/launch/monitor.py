@@ -121,7 +121,7 @@ class RunMonitor:
             listing = ", ".join(f"{rid}={addr}" for rid, addr in sorted(region_targets.items()))
             if first:
                 self._announce(f"metrics: regions {listing}; run-level {self.address}")
-                self._announce(f"file_sd targets: {sd}  (prometheus --config.file={prom})")
+                self._announce(f"file_sd targets: {sd}  ({prometheus_command(prom)})")
             else:
                 self._announce(f"metrics moved: regions {listing}")
 
@@ -150,8 +150,14 @@ def write_service_discovery(folder: Path, region_targets: dict[int, str], driver
     return path
 
 
+def prometheus_command(config: Path) -> str:
+    """A Prometheus for this run: on loopback only, its data kept beside the run's other files."""
+    data = config.parent / "data"
+    return f"prometheus --config.file={config} --web.listen-address=127.0.0.1:9090 --storage.tsdb.path={data}"
+
+
 PROMETHEUS_TEMPLATE = """# Scrapes one codistill run through its file_sd targets file.
-# Run: prometheus --config.file={config}
+# Run: {command}
 global:
   scrape_interval: {interval}
   evaluation_interval: {interval}
@@ -166,5 +172,5 @@ scrape_configs:
 def write_prometheus_config(folder: Path, targets: Path, interval: str = "5s") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "prometheus.yml"
-    path.write_text(PROMETHEUS_TEMPLATE.format(config=path.resolve(), interval=interval, targets=targets.resolve()))
+    path.write_text(PROMETHEUS_TEMPLATE.format(command=prometheus_command(path.resolve()), interval=interval, targets=targets.resolve()))
     return path

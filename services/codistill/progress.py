@@ -21,6 +21,10 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "-" if x is None or x != x else format(x, spec)
 
 
+# A region whose loop has finished is done, whether or not its server still answers its peers.
+_STATE_SHOWN = {"stopped": "done"}
+
+
 def progress_table(strategy: str, snapshots: list[dict]) -> Table:
     table = Table(title=f"strategy: {strategy}", title_justify="left")
     for col in ("region", "arch", "state", "step", "progress", "CE loss", "KD loss", "test acc", "sent", "received"):
@@ -31,7 +35,7 @@ def progress_table(strategy: str, snapshots: list[dict]) -> Table:
         table.add_row(
             str(s["region"]),
             s["arch"],
-            s["state"],
+            _STATE_SHOWN.get(s["state"], s["state"]),
             f"{s['step']}/{s['steps']}",
             bar,
             _fmt(s["loss_supervised"]),

@@ -180,3 +180,14 @@ def test_compare_fedavg_with_mixed_architectures_fails_before_anything_starts(tm
     assert_one_line_usage_error(res, "--compare fedavg: ")
     assert "one architecture" in res.stdout + res.stderr
     assert not (tmp_path / "run").exists()  # nothing started, no run folder
+
+
+@pytest.mark.parametrize("transport", ["inprocess", "grpc"])
+def test_the_live_view_ends_with_every_region_done(tmp_path, transport):
+    res = codistill("run", QUICKSTART, "--set", "train.steps=30", "--set", "train.eval_every=10", "--set", "distill.burn_in=10",
+                    "--set", "exchange.publish_interval=10", "--set", f"exchange.transport={transport}",
+                    "--set", "monitor.metrics=false", "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = [line.split("│") for line in res.stdout.splitlines() if "/30 " in line]
+    last = {cells[1].strip(): cells[3].strip() for cells in rows}  # region -> state, the latest wins
+    assert len(last) == 6 and set(last.values()) == {"done"}, last

@@ -516,6 +516,7 @@ class RegionTrainer:
             for c in range(self.num_classes)
         ]
         counters = self.inbox.counters if self.inbox else {}
+        self.state = RegionState.STOPPED
         return RegionResult(
             id=self.id,
             arch=self.arch,

@@ -87,10 +87,11 @@ def write_tuning_report(doc: dict, path: Path, command: str) -> Path:
     ]
     for group, choice in doc["choices"].items():
         L += [f"## {group}", "", f"Chosen: **{choice['chosen']}** (`{choice['settings']}`)", "",
-              "| candidate | validation accuracy % | settings |", "|---|---|---|"]
+              "| candidate | validation accuracy % | sent / region | settings |", "|---|---|---|---|"]
         for c in sorted(choice["candidates"], key=lambda c: -c["validation_accuracy"]):
             mark = " (chosen)" if c["label"] == choice["chosen"] else ""
-            L.append(f"| {c['label']}{mark} | {100 * c['validation_accuracy']:.2f} | `{c['settings']}` |")
+            L.append(f"| {c['label']}{mark} | {100 * c['validation_accuracy']:.2f} | {_size(c['bytes_sent_per_region'])} "
+                     f"| `{c['settings']}` |")
         L.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(L) + "\n")

@@ -153,20 +153,27 @@ def validation_score(cell: dict) -> float:
 def tuning_choices(suite, cells: list[dict]) -> dict[str, dict[str, Any]]:
     """Per tuning group: every candidate's mean validation score and the chosen (highest) one.
 
-    A candidate is a row's label (one setting per row) or, in rows without a
-    label, a strategy spec; its score averages its cells over seeds and rows.
+    A candidate is a row's label (one setting per row), a strategy spec (rows
+    without a label), or both (labelled rows of several strategies); its score
+    averages its cells over seeds and over the group's rows that share it.
     """
     out: dict[str, dict[str, Any]] = {}
     for group in dict.fromkeys(r.group for r in suite.rows if r.group):
         scores: dict[str, list[float]] = {}
+        sent: dict[str, list[float]] = {}
         settings: dict[str, dict] = {}
         for row in (r for r in suite.rows if r.group == group):
+            several = len(row.strategies) > 1
             for spec in row.strategies:
-                label = row.label or spec
-                mine = [validation_score(c) for c in cells if c["row"] == row.name and c["spec"] == spec]
+                label = f"{spec}, {row.label}" if row.label and several else row.label or spec
+                mine = [c for c in cells if c["row"] == row.name and c["spec"] == spec]
                 if mine:
-                    scores.setdefault(label, []).append(float(np.mean(mine)))
-                    settings[label] = dict(row.set) if row.label else {"strategy": spec}
+                    scores.setdefault(label, []).append(float(np.mean([validation_score(c) for c in mine])))
+                    sent.setdefault(label, []).extend(_per_region(c, "bytes_sent") for c in mine)
+                    # The setting a candidate stands for; a row's liars are the test bed, not a setting.
+                    settings[label] = {k: v for k, v in row.set.items() if not k.startswith("chaos.")} if row.label else {}
+                    if several:
+                        settings[label]["strategy"] = spec
         if not scores:
             continue
         means = {label: float(np.mean(v)) for label, v in scores.items()}
@@ -174,7 +181,10 @@ def tuning_choices(suite, cells: list[dict]) -> dict[str, dict[str, Any]]:
         out[group] = {
             "chosen": chosen,
             "settings": settings[chosen],
-            "candidates": [{"label": k, "validation_accuracy": v, "settings": settings[k]} for k, v in means.items()],
+            "candidates": [
+                {"label": k, "validation_accuracy": v, "bytes_sent_per_region": float(np.mean(sent[k])), "settings": settings[k]}
+                for k, v in means.items()
+            ],
         }
     return out
 

@@ -3,6 +3,7 @@
 import pytest
 
 from codistill.launch import driver
+from codistill.region.trainer import publish_round
 
 pytestmark = pytest.mark.integration
 
@@ -13,7 +14,9 @@ def test_regions_exchange_over_grpc_and_learn_from_each_other(local_ray, tiny_cf
     doc = driver.run(cfg, tmp_path, compare=["independent"])
     co, ind = doc["compare"]["codistill"], doc["compare"]["independent"]
     assert co["transport"] == "grpc"
-    rounds = -(-cfg.train.steps // cfg.exchange.publish_interval)
+    # Rounds start once the burn-in ends: steps 10, 20, ..., 50 of 60.
+    rounds = sum(publish_round(s, cfg.exchange.publish_interval, cfg.distill.burn_in) is not None for s in range(cfg.train.steps))
+    assert rounds == 5
     for r in co["regions"]:
         peers = {str(p) for p in range(3) if p != r["id"]}
         assert set(r["messages_received"]) == peers

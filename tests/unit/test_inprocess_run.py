@@ -142,3 +142,12 @@ def test_fedavg_refuses_mixed_architectures(tiny_cfg):
 
     with pytest.raises(config.ConfigError, match="one architecture"):
         config.from_dict({**tiny_cfg.model_dump(mode="json"), "strategy": "fedavg", "regions": {"count": 2, "models": ["mlp", "cnn"]}})
+
+
+def test_rounds_start_at_the_burn_in_so_nobody_distils_from_untrained_predictions():
+    from codistill.region.trainer import publish_round
+
+    # publish every 250 steps, burn-in 100: rounds at 100, 350, 600; none at 0 (untrained models).
+    rounds = {s: publish_round(s, 250, 100) for s in range(800) if publish_round(s, 250, 100) is not None}
+    assert rounds == {100: 0, 350: 1, 600: 2}
+    assert [s for s in range(30) if publish_round(s, 10, 0) is not None] == [0, 10, 20]

@@ -279,6 +279,8 @@ class RegionTrainer:
         self.gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.version = state["version"]
+        if self.inbox is not None:  # peers' rounds are judged against this region's own
+            self.inbox.own_version = self.version
         self.bytes_sent = state["bytes_sent"]
         self.publish_failures = state["publish_failures"]
         self.exchange_seconds = state["exchange_seconds"]

@@ -138,6 +138,8 @@ class RegionsConfig(_Strict):
     # Two hidden layers of 256: the classic MNIST MLP, scaled down. At least one layer; at most
     # 16 layers of 16,384 units, beyond which one region's weights alone exhaust memory.
     hidden: list[Annotated[Int, Field(ge=1, le=16_384)]] = Field(default_factory=lambda: [256, 256], min_length=1, max_length=16)
+    # Keyword arguments for a user model factory (`regions.model: "package.module:factory"`).
+    model_args: dict[str, Any] = Field(default_factory=dict)
     # Fractional CPUs let several regions share a small machine.
     num_cpus: Real = Field(0.5, gt=0)
     # GPUs per region when CUDA is present (fractional allowed); 0 = CPU.

@@ -45,7 +45,10 @@ class CNN(nn.Module):
         return self.head(self.features(x))
 
 
-def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int, hidden: list[int]) -> nn.Module:
+def build_model(
+    arch: str, input_shape: tuple[int, ...], num_classes: int, hidden: list[int], model_args: dict | None = None
+) -> nn.Module:
+    """A region's model: a built-in architecture, or (to come) a user factory's."""
     if arch == "mlp":
         in_features = 1
         for d in input_shape:

@@ -201,7 +201,8 @@ class RegionTrainer:
 
     def _new_model(self) -> torch.nn.Module:
         """A freshly initialised model of this region's architecture (drawn from torch's global RNG)."""
-        return build_model(self.arch, tuple(self.x_labeled.shape[1:]), self.num_classes, self.cfg.regions.hidden)
+        regions = self.cfg.regions
+        return build_model(self.arch, tuple(self.x_labeled.shape[1:]), self.num_classes, regions.hidden, regions.model_args)
 
     # ------------------------------------------------------------ wiring
     def average_with(self, average: Callable[[int, int, dict], dict]) -> None:

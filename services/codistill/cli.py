@@ -105,7 +105,7 @@ def _check_security(cfg) -> None:
     cfg.security.resolved_token()
     if cfg.security.tls_dir:
         for region in range(cfg.regions.count):
-            TlsFiles.load(cfg.security.tls_dir, region)
+            TlsFiles.load(cfg.security.tls_dir, region, cfg.regions.count)
 
 
 def _is_run_folder(folder: Path) -> bool:

@@ -60,12 +60,18 @@ class TlsFiles:
     key: bytes
 
     @classmethod
-    def load(cls, folder: str | Path, region: int) -> TlsFiles:
+    def load(cls, folder: str | Path, region: int, regions: int | None = None) -> TlsFiles:
+        """Region `region`'s files; `regions` (the run's count) makes the fix in a refusal exact."""
         folder = Path(folder).expanduser()
         paths = (folder / "ca.pem", folder / f"region-{region}.pem", folder / f"region-{region}-key.pem")
         for path in paths:
             if not path.is_file():
-                raise SecurityError(f"TLS file {path} is missing; create them with `codistill certs {folder}`")
+                count = regions or region + 1
+                fresh = " --force" if (folder / "ca.pem").exists() else ""
+                raise SecurityError(
+                    f"TLS file {path} is missing ({count} regions need region-0 to region-{count - 1}); "
+                    f"create them with `codistill certs {folder} --regions {count}{fresh}`"
+                )
         return cls(*(path.read_bytes() for path in paths))
 
     def server_credentials(self) -> grpc.ServerCredentials:

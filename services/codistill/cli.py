@@ -14,15 +14,14 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 
 from codistill import config as config_mod
-from codistill.config import STRATEGIES, ConfigError, excerpt, excerpt_path
+from codistill import preflight
+from codistill.config import STRATEGIES, ConfigError, excerpt_path
 from codistill.data import DataError
 from codistill.partition import PartitionError
 from codistill.region.security import SecurityError
@@ -77,35 +76,7 @@ def _fail(console: Console, message: str, code: int) -> int:
     return code
 
 
-def _check_out(out: Path, *, force: bool, reuse: bool = False) -> None:
-    """Fail before anything starts unless `out` is, or can be created as, a folder we can write.
-
-    `reuse`: the folder's files are expected there (a resumed run, a bench's finished cells).
-    """
-    shown = excerpt_path(out)
-    try:
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"output folder {shown} is a file; choose another --out")
-        if out.is_dir() and not reuse and not force and any(out.iterdir()):
-            raise ConfigError(f"output folder {shown} already holds files; choose another --out or pass --force")
-        base = next((p for p in (out, *out.parents) if p.exists()), Path(out.anchor or "."))
-        if not base.is_dir():
-            raise ConfigError(f"output folder {shown} lies under {excerpt_path(base)}, which is a file")
-        # Creating and removing a folder is the one test of writability that holds for every
-        # user (root ignores permission bits) and every filesystem (read-only mounts).
-        os.rmdir(tempfile.mkdtemp(prefix=".codistill-", dir=base))
-    except OSError as exc:
-        raise ConfigError(f"output folder {shown} cannot be created ({exc.strerror or exc.__class__.__name__})") from None
-
-
-def _check_security(cfg) -> None:
-    """Fail before anything starts if the token or a region's TLS files cannot be read."""
-    from codistill.region.security import TlsFiles
-
-    cfg.security.resolved_token()
-    if cfg.security.tls_dir:
-        for region in range(cfg.regions.count):
-            TlsFiles.load(cfg.security.tls_dir, region, cfg.regions.count)
+_check_out = preflight.check_out  # its former name here
 
 
 def _is_run_folder(folder: Path) -> bool:
@@ -113,6 +84,14 @@ def _is_run_folder(folder: Path) -> bool:
         return (folder / "state.json").is_file() and (folder / "config.yaml").is_file()
     except OSError:  # e.g. a name longer than the filesystem allows
         return False
+
+
+def _importable_from_cwd() -> None:
+    # Like `python -m`, import paths in a config (regions.model, data.dataset) are looked up in
+    # the current folder too; a local Ray's workers get the same folder (and PYTHONPATH).
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
@@ -128,24 +107,20 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             if not _is_run_folder(out):
                 raise ConfigError(f"--resume: {excerpt_path(out)} is not the folder of a started codistill run (no state.json/config.yaml)")
             cfg = config_mod.load(out / "config.yaml", overrides)
-            _check_out(out, force=True, reuse=True)
+            preflight.check_out(out, force=True, reuse=True)
         else:
             if not args.config:
                 raise ConfigError("give a CONFIG file, or --resume RUN_DIR")
             cfg = config_mod.load(args.config, overrides)
-            unknown = [s for s in compare if s not in STRATEGIES]
-            if unknown:
-                raise ConfigError(f"--compare: unknown strategy {excerpt(unknown[0])} (expected one of {', '.join(STRATEGIES)})")
-            for strategy in compare:  # a strategy that cannot run must fail now, not after the others ran
-                config_mod.for_strategy(cfg, strategy)
-            out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
-            _check_out(out, force=args.force)
-        _check_security(cfg)
-        from codistill.launch import driver
-
-        split = driver.prepare(cfg)
+            preflight.check_compare(cfg, compare)
+            out = args.out or preflight.default_out(cfg.name)
+            preflight.check_out(out, force=args.force)
+        # Data, split and every model (a user's too) are checked here, before the header and Ray.
+        split = preflight.prepare(cfg)
     except (ConfigError, DataError, PartitionError, SecurityError) as exc:
         return _fail(console, str(exc), EXIT_USAGE)
+
+    from codistill.launch import driver
 
     from codistill.progress import LiveProgress, results_table
 
@@ -183,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if not console.is_terminal:  # logs and CI: wide enough for the tables, no wrapping
         console = Console(width=140)
     if args.command == "run":
+        _importable_from_cwd()
         return cmd_run(args, console)
     if args.command == "bench":
         from codistill.bench import load_suite, run_bench
@@ -193,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.seeds is not None and args.seeds < 1:
                 raise ConfigError("--seeds must be at least 1")
             out = args.out or Path("runs") / f"bench-{suite.name}"
-            _check_out(out, force=True, reuse=True)  # finished cells in it are reused
+            preflight.check_out(out, force=True, reuse=True)  # finished cells in it are reused
         except ConfigError as exc:
             return _fail(console, str(exc), EXIT_USAGE)
         try:

@@ -7,6 +7,8 @@ field and what it accepts.
 
 from __future__ import annotations
 
+import json
+import re
 import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -87,6 +89,41 @@ Real = Annotated[float, BeforeValidator(_not_bool)]
 PathText = Annotated[str, MaxLen(4096)]
 
 
+# A user plugin: `package.module:attribute` (the attribute may be dotted, e.g. `nets:Zoo.small`).
+IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+BUILTIN_MODELS: tuple[str, ...] = ("mlp", "cnn")
+BUILTIN_DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "synthetic", "npz")
+
+
+def is_import_path(text: str) -> bool:
+    return IMPORT_PATH.fullmatch(text) is not None
+
+
+def _builtin_or_import_path(builtins: tuple[str, ...], what: str):
+    expected = ", ".join(builtins) + f" or an import path 'package.module:{what}'"
+
+    def check(value: str) -> str:
+        if value not in builtins and not is_import_path(value):
+            raise PydanticCustomError("plugin_name", "expected {expected}", {"expected": expected})
+        return value
+
+    return check
+
+
+def _plain_data(value: dict[str, Any]) -> dict[str, Any]:
+    # Recorded in config.yaml and results.json, so a run can be repeated from its folder.
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        raise PydanticCustomError("plain_data", "values must be plain data (numbers, strings, lists, mappings)") from None
+    return value
+
+
+ModelName = Annotated[str, MaxLen(300), AfterValidator(_builtin_or_import_path(BUILTIN_MODELS, "factory"))]
+DatasetName = Annotated[str, MaxLen(300), AfterValidator(_builtin_or_import_path(BUILTIN_DATASETS, "loader"))]
+PluginArgs = Annotated[dict[str, Any], AfterValidator(_plain_data)]
+
+
 class _Strict(BaseModel):
     # allow_inf_nan=False: inf/NaN in any float (a rate, a temperature, a timeout) would hang a
     # wait or poison training, so finiteness is every float field's default.
@@ -105,8 +142,13 @@ class PartitionConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    # digits ships with scikit-learn, so the default needs no network.
-    dataset: Literal["digits", "fashion-mnist", "synthetic"] = "digits"
+    # digits ships with scikit-learn, so the default needs no network. `npz` reads data.path;
+    # `package.module:loader` calls loader(**data.loader_args) for a codistill.Dataset.
+    dataset: DatasetName = "digits"
+    # The .npz file of `dataset: npz` (x_train, y_train, x_test, y_test, optional class_names).
+    path: PathText | None = None
+    # Keyword arguments for a user loader (`dataset: "package.module:loader"`).
+    loader_args: PluginArgs = Field(default_factory=dict)
     # Unlabeled examples shared by all regions for exchanging predictions.
     # At most 10M here and below: more than any dataset supported, and memory runs out first.
     transfer_size: Int = Field(400, ge=1, le=10_000_000)
@@ -131,15 +173,16 @@ class RegionsConfig(_Strict):
     # Four regions make a peer-to-peer graph that is more than a pair. At most 10,000: each is a
     # process with its own gRPC server, and a full topology opens count² connections.
     count: Int = Field(4, ge=1, le=10_000)
-    # An MLP trains fast on CPU; cnn is there for heterogeneous runs.
-    model: Literal["mlp", "cnn"] = "mlp"
-    # Per-region architectures, overriding `model` (length must equal count).
-    models: list[Literal["mlp", "cnn"]] | None = None
+    # An MLP trains fast on CPU; cnn is there for heterogeneous runs; `package.module:factory`
+    # is a user model, built as factory(input_shape, num_classes, **model_args).
+    model: ModelName = "mlp"
+    # Per-region architectures, overriding `model` (length must equal count); any mix.
+    models: list[ModelName] | None = None
     # Two hidden layers of 256: the classic MNIST MLP, scaled down. At least one layer; at most
     # 16 layers of 16,384 units, beyond which one region's weights alone exhaust memory.
     hidden: list[Annotated[Int, Field(ge=1, le=16_384)]] = Field(default_factory=lambda: [256, 256], min_length=1, max_length=16)
     # Keyword arguments for a user model factory (`regions.model: "package.module:factory"`).
-    model_args: dict[str, Any] = Field(default_factory=dict)
+    model_args: PluginArgs = Field(default_factory=dict)
     # Fractional CPUs let several regions share a small machine.
     num_cpus: Real = Field(0.5, gt=0)
     # GPUs per region when CUDA is present (fractional allowed); 0 = CPU.
@@ -307,6 +350,9 @@ class RayConfig(_Strict):
     address: str | None = None
     # CPUs a local Ray may use; None = all cores.
     num_cpus: Int | None = Field(None, ge=1)
+    # Ray's runtime_env for the run's workers (e.g. working_dir, py_modules, env_vars): how user
+    # models reach the regions on a cluster. Empty: workers see what the driver's machine has.
+    runtime_env: dict[str, Any] = Field(default_factory=dict)
 
 
 class RunConfig(_Strict):
@@ -341,6 +387,8 @@ class RunConfig(_Strict):
             bad = [r for r in self.data.partition.omit_regions if not 0 <= r < n]
             if bad:
                 raise ValueError(f"data.partition.omit_regions has ids {excerpt(bad)} outside 0..{n - 1}")
+        if (self.data.dataset == "npz") != (self.data.path is not None):
+            raise ValueError("data.path names the file of data.dataset: npz, and only that; set both or neither")
         if self.data.dataset == "synthetic" and self.data.transfer_size + self.data.test_size >= self.data.synthetic_samples:
             raise ValueError("data.transfer_size + data.test_size must leave labeled samples in data.synthetic_samples")
         bad = [r for r in self.chaos.liars + ([self.chaos.hang_region] if self.chaos.hang_region is not None else []) if not 0 <= r < n]
@@ -430,18 +478,20 @@ def _read_text(path: Path) -> str:
         raise ConfigError(f"cannot read config file {shown} ({exc.strerror or exc.__class__.__name__})") from None
 
 
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A config file's mapping of keys, not yet validated."""
+    text = _read_text(path)
+    try:
+        loaded = yaml.safe_load(text) or {}
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: a date such as 2024-13-45
+        raise ConfigError(f"{excerpt_path(path)}: not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{excerpt_path(path)}: top level must be a mapping of config keys")
+    return loaded
+
+
 def load(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        text = _read_text(path)
-        try:
-            loaded = yaml.safe_load(text) or {}
-        except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: a date such as 2024-13-45
-            raise ConfigError(f"{excerpt_path(path)}: not valid YAML ({exc.__class__.__name__})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{excerpt_path(path)}: top level must be a mapping of config keys")
-        raw = loaded
+    raw = read_yaml(Path(path)) if path is not None else {}
     return from_dict(apply_overrides(raw, overrides or []))
 
 

@@ -11,7 +11,9 @@ A run's examples are divided once, from the seed, into:
 
 Datasets: `digits` (bundled with scikit-learn, needs no network),
 `fashion-mnist` (IDX gz files from a local folder or a checksummed download),
-and `synthetic` (Gaussian classes, for fast tests).
+`synthetic` (Gaussian classes, for fast tests), `npz` (a user's arrays in a
+file), and a user loader `package.module:loader` returning a `Dataset` (whose
+docstring is the contract).
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ import shutil
 import struct
 import tempfile
 import urllib.request
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from codistill import partition
-from codistill.config import RunConfig
+from codistill.config import RunConfig, excerpt_path
 
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 # MD5 of the gz files as published by the dataset's authors.
@@ -49,19 +52,115 @@ class DataError(RuntimeError):
 
 @dataclass
 class Images:
-    """Images as uint8 [N, 1, H, W] (or float32 for synthetic) with int64 labels [N]."""
+    """Examples [N, *input_shape] (uint8 pixels, or float32) with int64 labels [N]."""
 
     x: np.ndarray
     y: np.ndarray
 
 
-@dataclass
+@dataclass(frozen=True, eq=False, init=False)
 class Dataset:
+    """Train and test examples with their labels, and the class names: what every run trains on.
+
+    This is the contract for user data (`data.dataset: "package.module:loader"`, where
+    `loader(**data.loader_args)` returns a Dataset, or `dataset=` in `codistill.run`):
+
+    * `x_train`, `x_test`: numpy arrays or torch tensors [N, *input_shape]; every example has the
+      same shape, in both. uint8 values are pixels and are scaled to [0, 1]; any other numeric
+      dtype is used as float32, as given, and must be finite. The built-in `mlp` flattens any
+      shape; `cnn` expects [C, H, W]; a user model is built for `input_shape`.
+    * `y_train`, `y_test`: class ids [N] in 0..num_classes-1 (integers, or whole-number floats).
+    * `class_names`: one name per class; None names them "0".."K-1", K = the largest label + 1.
+    * `name`: shown in `results.json`.
+
+    Everything is checked here, so a bad dataset fails before anything starts. A run splits
+    `x_train` into the transfer set, the validation split and the regions' labeled slices
+    (`data.transfer_size`, `data.validation_size`, `data.partition`); `x_test` evaluates every
+    region (`data.test_size` applies to the built-in digits and synthetic sets only).
+    """
+
     name: str
     train: Images
     test: Images
-    num_classes: int
     class_names: list[str]
+
+    def __init__(self, x_train, y_train, x_test, y_test, class_names=None, name: str = "custom"):
+        xtr, xte = _features(x_train, "x_train"), _features(x_test, "x_test")
+        ytr, yte = _labels(y_train, "y_train", len(xtr), "x_train"), _labels(y_test, "y_test", len(xte), "x_test")
+        if xtr.shape[1:] != xte.shape[1:]:
+            raise DataError(f"x_train examples are {list(xtr.shape[1:])} but x_test examples are {list(xte.shape[1:])}")
+        names = _class_names(class_names, ytr, yte)
+        for labels, field_name in ((ytr, "y_train"), (yte, "y_test")):
+            outside = labels[(labels < 0) | (labels >= len(names))]
+            if len(outside):
+                raise DataError(
+                    f"{field_name} has {len(outside)} labels outside 0..{len(names) - 1} (e.g. {int(outside[0])}), "
+                    f"for {len(names)} class names"
+                )
+        object.__setattr__(self, "name", str(name))
+        object.__setattr__(self, "train", Images(xtr, ytr))
+        object.__setattr__(self, "test", Images(xte, yte))
+        object.__setattr__(self, "class_names", names)
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset(name={self.name!r}, train={len(self.train.y)}, test={len(self.test.y)}, "
+            f"input_shape={list(self.input_shape)}, classes={self.num_classes})"
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.train.x.shape[1:])
+
+
+def _as_array(value, field_name: str) -> np.ndarray:
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor, on any device
+        value = value.detach().cpu().numpy()
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{field_name} is not an array ({type(exc).__name__}: {exc})") from None
+
+
+def _features(value, field_name: str) -> np.ndarray:
+    x = _as_array(value, field_name)
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise DataError(f"{field_name} must be [N, *input_shape] with N >= 1 (got shape {list(x.shape)})")
+    if x.dtype == np.uint8:  # pixels: kept compact, scaled by to_float where a region trains
+        return x
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating) or x.dtype == np.bool_):
+        raise DataError(f"{field_name} must hold numbers (got dtype {x.dtype})")
+    x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise DataError(f"{field_name} holds NaN or infinite values")
+    return x
+
+
+def _labels(value, field_name: str, n: int, x_name: str) -> np.ndarray:
+    y = _as_array(value, field_name)
+    if y.ndim != 1:
+        raise DataError(f"{field_name} must be one class id per example, [N] (got shape {list(y.shape)})")
+    if len(y) != n:
+        raise DataError(f"{x_name} has {n} examples but {field_name} has {len(y)} labels")
+    if np.issubdtype(y.dtype, np.floating):
+        if not (np.isfinite(y).all() and (y == np.round(y)).all()):
+            raise DataError(f"{field_name} must hold whole-number class ids (got fractional or non-finite floats)")
+    elif not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{field_name} must hold integer class ids (got dtype {y.dtype})")
+    return y.astype(np.int64, copy=False)
+
+
+def _class_names(given, y_train: np.ndarray, y_test: np.ndarray) -> list[str]:
+    if given is None:
+        return [str(c) for c in range(int(max(y_train.max(), y_test.max(), 1)) + 1)]
+    names = [str(n) for n in _as_array(given, "class_names").reshape(-1).tolist()]
+    if len(names) < 2:
+        raise DataError(f"class_names must name at least 2 classes (got {len(names)})")
+    return names
 
 
 @dataclass
@@ -175,13 +274,7 @@ def load_fashion_mnist(data_dir: str | None = None, download: bool = True) -> Da
     yte = read_idx(folder / "t10k-labels-idx1-ubyte.gz")
     if len(xtr) != len(ytr) or len(xte) != len(yte):
         raise DataError(f"{folder}: image and label counts differ")
-    return Dataset(
-        "fashion-mnist",
-        Images(xtr[:, None], ytr.astype(np.int64)),
-        Images(xte[:, None], yte.astype(np.int64)),
-        10,
-        FASHION_MNIST_CLASSES,
-    )
+    return Dataset(xtr[:, None], ytr, xte[:, None], yte, FASHION_MNIST_CLASSES, name="fashion-mnist")
 
 
 def _holdout(name: str, x: np.ndarray, y: np.ndarray, test_size: int, seed: int, classes: list[str]) -> Dataset:
@@ -189,7 +282,7 @@ def _holdout(name: str, x: np.ndarray, y: np.ndarray, test_size: int, seed: int,
         raise DataError(f"data.test_size={test_size} leaves no training data (dataset has {len(y)} samples)")
     order = np.random.default_rng(seed).permutation(len(y))
     test, train = order[:test_size], order[test_size:]
-    return Dataset(name, Images(x[train], y[train]), Images(x[test], y[test]), len(classes), classes)
+    return Dataset(x[train], y[train], x[test], y[test], classes, name=name)
 
 
 def load_digits(test_size: int, seed: int) -> Dataset:
@@ -210,13 +303,47 @@ def make_synthetic(n: int, num_classes: int, test_size: int, seed: int) -> Datas
     return _holdout("synthetic", x.reshape(n, 1, 8, 8), y, test_size, seed, [f"c{i}" for i in range(num_classes)])
 
 
+NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def load_npz(path: str | Path) -> Dataset:
+    """A Dataset from an .npz file holding x_train, y_train, x_test, y_test and optional class_names."""
+    shown = f"data.path {excerpt_path(path)}"
+    try:
+        with np.load(Path(path).expanduser(), allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except FileNotFoundError:
+        raise DataError(f"{shown}: file not found") from None
+    except (AttributeError, TypeError):  # a .npy file: np.load gives an array, not an archive
+        raise DataError(f"{shown}: not an .npz archive (save it with numpy.savez)") from None
+    except ValueError as exc:  # arrays of Python objects, which need pickle
+        raise DataError(f"{shown}: unreadable ({exc}); save plain arrays, class_names as strings") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{shown}: not a readable .npz file ({type(exc).__name__})") from None
+    missing = [k for k in NPZ_ARRAYS if k not in arrays]
+    unknown = sorted(set(arrays) - set(NPZ_ARRAYS) - {"class_names"})
+    if missing or unknown:
+        problem = f"lacks {', '.join(missing)}" if missing else f"holds unknown arrays {', '.join(unknown)}"
+        raise DataError(f"{shown}: {problem} (expected {', '.join(NPZ_ARRAYS)} and optional class_names)")
+    try:
+        return Dataset(*(arrays[k] for k in NPZ_ARRAYS), arrays.get("class_names"), name=Path(path).stem)
+    except DataError as exc:
+        raise DataError(f"{shown}: {exc}") from None
+
+
 def load_dataset(cfg: RunConfig) -> Dataset:
     d = cfg.data
     if d.dataset == "digits":
         return load_digits(d.test_size, cfg.seed)
     if d.dataset == "fashion-mnist":
         return load_fashion_mnist(d.data_dir)
-    return make_synthetic(d.synthetic_samples, d.synthetic_classes, d.test_size, cfg.seed)
+    if d.dataset == "npz":
+        return load_npz(d.path)
+    if d.dataset == "synthetic":
+        return make_synthetic(d.synthetic_samples, d.synthetic_classes, d.test_size, cfg.seed)
+    from codistill import plugins
+
+    return plugins.load_dataset(d.dataset, d.loader_args)
 
 
 def validation_size(cfg: RunConfig, n_train: int) -> int:

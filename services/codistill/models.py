@@ -1,6 +1,6 @@
-"""Small classifiers a region can run: an MLP and a CNN.
+"""The classifiers a region can run: a built-in MLP or CNN, or a user's factory.
 
-Both take images [B, 1, H, W] and return logits [B, C], so regions with
+Every model maps inputs [B, *input_shape] to logits [B, C], so regions with
 different architectures can co-distil: only predictions cross the wire.
 """
 
@@ -9,8 +9,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from codistill import plugins
+from codistill.config import is_import_path
+
 
 class MLP(nn.Module):
+    """Flattens any input shape, then hidden ReLU layers."""
+
     def __init__(self, in_features: int, num_classes: int, hidden: list[int]):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
@@ -26,7 +31,7 @@ class MLP(nn.Module):
 
 
 class CNN(nn.Module):
-    """Two conv blocks and a small head; adaptive pooling fits 8x8 and 28x28 inputs."""
+    """Two conv blocks and a small head for images [C, H, W]; adaptive pooling fits 8x8 and 28x28 inputs."""
 
     def __init__(self, num_classes: int, channels: int = 1):
         super().__init__()
@@ -48,7 +53,8 @@ class CNN(nn.Module):
 def build_model(
     arch: str, input_shape: tuple[int, ...], num_classes: int, hidden: list[int], model_args: dict | None = None
 ) -> nn.Module:
-    """A region's model: a built-in architecture, or (to come) a user factory's."""
+    """A region's model: `mlp`, `cnn`, or `package.module:factory`, called as
+    factory(input_shape, num_classes, **model_args) (see codistill.plugins)."""
     if arch == "mlp":
         in_features = 1
         for d in input_shape:
@@ -56,7 +62,10 @@ def build_model(
         return MLP(in_features, num_classes, hidden)
     if arch == "cnn":
         return CNN(num_classes, channels=input_shape[0])
-    raise ValueError(f"unknown architecture '{arch}' (expected mlp or cnn)")
+    if is_import_path(arch):
+        factory = plugins.resolve(arch, "regions.model")
+        return factory(tuple(input_shape), num_classes, **(model_args or {}))
+    raise ValueError(f"unknown architecture '{arch}' (expected mlp, cnn or an import path 'package.module:factory')")
 
 
 def parameter_bytes(model: nn.Module) -> int:

@@ -62,7 +62,7 @@ def ray_tmp():
 
 def codistill(*args, plugins, cwd, ray_tmp=None):
     # The package reaches the driver and (inherited by a local Ray) the regions through PYTHONPATH.
-    env = {**os.environ, "PYTHONPATH": str(plugins)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))}
     if ray_tmp is not None:
         env["RAY_TMPDIR"] = str(ray_tmp)
     return subprocess.run([sys.executable, "-m", "codistill", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)

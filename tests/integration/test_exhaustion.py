@@ -17,7 +17,7 @@ from codistill.region import client, serde
 from codistill.region.messages import PredictionBatch
 from codistill.region.node import RegionNode
 from codistill.region.security import bearer, region_token
-from codistill.region.trainer import RegionData
+from codistill.records import RegionData
 from codistill.v1 import region_pb2_grpc
 
 pytestmark = pytest.mark.integration

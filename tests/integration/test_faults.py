@@ -54,10 +54,12 @@ def test_region_killed_mid_run_resumes_from_its_checkpoint(local_ray, tiny_cfg, 
 
         threading.Thread(target=killer, daemon=True).start()
 
-    original = ray_runner.run_on_ray
-    monkeypatch.setattr(
-        ray_runner, "run_on_ray", lambda *a, **k: original(*a, **{**k, "on_started": kill_when_checkpointed})
-    )
+    class Watched(ray_runner.RayRunner):
+        def start(self):
+            super().start()
+            kill_when_checkpointed(self.actors)
+
+    monkeypatch.setattr(ray_runner, "RayRunner", Watched)
     crashed = driver.run(cfg, tmp_path / "crash")
     assert "pid" in killed, "the region was never killed"
     assert killed["new_pid"] != killed["pid"]

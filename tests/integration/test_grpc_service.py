@@ -12,7 +12,7 @@ from codistill.region import client, serde
 from codistill.region.messages import PredictionBatch
 from codistill.region.node import RegionNode
 from codistill.region.server import transport_limit
-from codistill.region.trainer import RegionData
+from codistill.records import RegionData
 from codistill.v1 import region_pb2, region_pb2_grpc
 
 pytestmark = pytest.mark.integration

@@ -3,7 +3,7 @@
 import pytest
 
 from codistill.launch import driver
-from codistill.region.trainer import publish_round
+from codistill.region.exchange import publish_round
 
 pytestmark = pytest.mark.integration
 

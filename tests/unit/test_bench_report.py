@@ -3,8 +3,10 @@
 import pytest
 
 from codistill.bench import Suite, cells_of, parse_strategy
-from codistill.bench_report import MixedVersions, aggregate, aggregate_cells, evaluate_targets, headline_keys, relative_figures
-from codistill.bench_stats import paired_difference, spread
+from codistill.errors import MixedVersions
+from codistill.report.aggregate import aggregate, aggregate_cells, relative_figures
+from codistill.report.stats import paired_difference, spread
+from codistill.report.targets import evaluate_targets, headline_keys
 from codistill.config import ConfigError
 
 

@@ -119,20 +119,22 @@ def test_fedavg_regions_start_from_one_initialisation(tiny_cfg):
 
     from codistill.data import load_dataset, make_split
     from codistill.launch.plan import plan_regions, region_data
-    from codistill.region.trainer import RegionTrainer
+    from codistill.metrics import NullMetrics
+    from codistill.region.exchange import WeightAveraging
+    from codistill.region.service import build_learner
 
     split = make_split(tiny_cfg, load_dataset(tiny_cfg))
     plans = plan_regions(tiny_cfg, split, "fedavg")
-    trainers = [RegionTrainer(p.id, tiny_cfg, region_data(split, p)) for p in plans[:2]]
-    first = [w.clone() for w in trainers[0].model.state_dict().values()]
-    assert not all(torch.equal(a, b) for a, b in zip(first, trainers[1].model.state_dict().values()))
-    for t in trainers:
-        t.average_with(lambda region, k, state: state)
-    same = [torch.equal(a, b) for a, b in zip(trainers[0].model.state_dict().values(), trainers[1].model.state_dict().values())]
+    learners = [build_learner(tiny_cfg, p, region_data(split, p)) for p in plans[:2]]
+    first = [w.clone() for w in learners[0].model.state_dict().values()]
+    assert not all(torch.equal(a, b) for a, b in zip(first, learners[1].model.state_dict().values()))
+    for p, learner in zip(plans, learners):
+        WeightAveraging(p.id, tiny_cfg, learner, lambda region, k, state: state, None, NullMetrics())
+    same = [torch.equal(a, b) for a, b in zip(learners[0].model.state_dict().values(), learners[1].model.state_dict().values())]
     assert all(same)
     # The optimizer still steps the model's own tensors.
-    params = {id(p) for p in trainers[0].model.parameters()}
-    assert all(id(p) in params for group in trainers[0].optimizer.param_groups for p in group["params"])
+    params = {id(p) for p in learners[0].model.parameters()}
+    assert all(id(p) in params for group in learners[0].optimizer.param_groups for p in group["params"])
 
 
 def test_fedavg_refuses_mixed_architectures(tiny_cfg):
@@ -145,7 +147,7 @@ def test_fedavg_refuses_mixed_architectures(tiny_cfg):
 
 
 def test_rounds_start_at_the_burn_in_so_nobody_distils_from_untrained_predictions():
-    from codistill.region.trainer import publish_round
+    from codistill.region.exchange import publish_round
 
     # publish every 250 steps, burn-in 100: rounds at 100, 350, 600; none at 0 (untrained models).
     rounds = {s: publish_round(s, 250, 100) for s in range(800) if publish_round(s, 250, 100) is not None}

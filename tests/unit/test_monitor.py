@@ -4,10 +4,14 @@ import numpy as np
 
 from codistill.config import MonitorConfig
 from codistill.launch.monitor import RunMonitor
+from codistill.records import Evaluation, ProgressSnapshot
 
 
 def snapshots(test_probs, probes, step):
-    return [{"evals": [(step, 0.5, t, p)]} for t, p in zip(test_probs, probes)]
+    return [
+        ProgressSnapshot(i, "mlp", "training", step, 100, 0.5, 0.0, 0.0, 0, 0, evals=(Evaluation(step, 0.5, t, p),))
+        for i, (t, p) in enumerate(zip(test_probs, probes))
+    ]
 
 
 def test_stop_when_converged_reads_the_transfer_probe_not_the_test_split():
@@ -18,11 +22,11 @@ def test_stop_when_converged_reads_the_transfer_probe_not_the_test_split():
     monitor = RunMonitor(MonitorConfig(stop_when_converged=True, patience=2), "run", y_test, 2, None)
     assert not monitor.observe(snapshots([test_a, test_b], [probe, probe], 10))
     assert monitor.observe(snapshots([test_a, test_b], [probe, probe], 20))
-    assert monitor.records[-1]["disagreement"] == 0.0
+    assert monitor.records[-1].disagreement == 0.0
     # And the other way round: agreement on test inputs alone never counts as convergence.
     other = RunMonitor(MonitorConfig(stop_when_converged=True, patience=1), "run", y_test, 2, None)
     assert not other.observe(snapshots([test_a, test_a], [probe, 1 - probe], 10))
-    assert other.records[-1]["disagreement"] == 1.0
+    assert other.records[-1].disagreement == 1.0
 
 
 def test_the_printed_prometheus_command_stays_on_loopback_and_in_the_run_folder(tmp_path):

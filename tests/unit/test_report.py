@@ -39,7 +39,7 @@ def test_convergence_can_end_the_run_early(tiny_cfg, tmp_path):
 
 @pytest.mark.parametrize("regions,compare", [(2, ["independent"]), (20, [])])
 def test_every_panel_has_data_for_2_and_20_regions(tiny_cfg, tmp_path, regions, compare):
-    from codistill.report import convergence_panels, load_records
+    from codistill.report.run_plots import convergence_panels, load_records
 
     cfg = tiny_cfg.model_copy(deep=True)
     cfg.regions.count = regions
@@ -54,7 +54,7 @@ def test_every_panel_has_data_for_2_and_20_regions(tiny_cfg, tmp_path, regions, 
 
 
 def test_a_run_without_distillation_draws_no_empty_panel(tiny_cfg, tmp_path):
-    from codistill.report import convergence_panels, load_records
+    from codistill.report.run_plots import convergence_panels, load_records
 
     cfg = tiny_cfg.model_copy(deep=True)
     cfg.strategy = "independent"
@@ -65,7 +65,7 @@ def test_a_run_without_distillation_draws_no_empty_panel(tiny_cfg, tmp_path):
 
 
 def test_an_omit_run_plots_the_hidden_class_for_blind_and_seeing_regions(tiny_cfg, tmp_path):
-    from codistill.report import hidden_class_recall
+    from codistill.report.summaries import hidden_class_recall
 
     cfg = tiny_cfg.model_copy(deep=True)
     cfg.data.partition.kind = "omit"

@@ -1,6 +1,6 @@
-"""Run every region in this process, one thread each, over InProcessTransport.
+"""Every region in this process, one thread each, over InProcessTransport.
 
-Same trainer, same inbox, same serialisation round trip as the gRPC service;
+Same regions, same inbox, same serialisation round trip as the gRPC service;
 no Ray, no sockets. The reference for tests and the benchmarks' baseline.
 """
 
@@ -8,86 +8,69 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from codistill.config import RunConfig
 from codistill.data import Split
+from codistill.errors import RegionError
 from codistill.launch.fedavg import WeightAverager
-from codistill.launch.monitor import RunMonitor
-from codistill.launch.plan import RegionPlan, region_data
-from codistill.region.messages import RegionError
-from codistill.region.node import RegionNode
-from codistill.region.trainer import RegionResult
+from codistill.launch.plan import region_data
+from codistill.records import ProgressSnapshot, RegionPlan, RegionResult, Role
+from codistill.region.network import InProcessNetwork
+from codistill.region.service import Region, build_region
 
 
-def run_inprocess(
-    cfg: RunConfig,
-    split: Split,
-    plans: list[RegionPlan],
-    run_id: str,
-    make_monitor: Callable[[str | None, dict[int, str]], RunMonitor],
-    on_progress: Callable[[list[dict], list[dict]], None] | None = None,
-    poll_s: float = 0.5,
-    checkpoints: Path | None = None,
-) -> list[RegionResult]:
-    torch.set_num_threads(cfg.regions.torch_threads)
-    nodes = [
-        RegionNode(
-            p.id, cfg, region_data(split, p), run_id=run_id, arch=p.arch, steps=p.steps, exchange=p.exchange, self_teach=p.self_teach,
-            checkpoint_dir=checkpoints / f"region-{p.id}" if checkpoints else None,
-        )
-        for p in plans
-    ]
-    if any(p.average for p in plans):
-        averager = WeightAverager([len(p.labeled) for p in plans])
-        for node in nodes:
-            node.trainer.average_with(averager.average)
-    for node, p in zip(nodes, plans):
-        node.prepare(p.receives_from)
-    for node, p in zip(nodes, plans):
-        if p.exchange:
-            node.connect_inprocess({j: nodes[j].inbox for j in p.sends_to})
-    results: dict[int, RegionResult] = {}
-    errors: dict[int, BaseException] = {}
+class InProcessRunner:
+    """The runner protocol (start, poll, stop, results, close) over threads."""
 
-    def work(node: RegionNode) -> None:
+    host = None  # nothing is served: run-level convergence is tracked, not exported
+
+    def __init__(self, cfg: RunConfig, split: Split, plans: list[RegionPlan], run_id: str, checkpoints: Path | None = None):
+        self.cfg, self.split, self.plans, self.run_id, self.checkpoints = cfg, split, plans, run_id, checkpoints
+        self.regions: list[Region] = []
+        self._threads: list[threading.Thread] = []
+        self._results: dict[int, RegionResult] = {}
+        self._errors: dict[int, BaseException] = {}
+
+    def start(self) -> None:
+        torch.set_num_threads(self.cfg.regions.torch_threads)
+        hub = WeightAverager([len(p.labeled) for p in self.plans]) if any(p.role is Role.WEIGHTS for p in self.plans) else None
+        network = InProcessNetwork(self.cfg.exchange.dtype, hub.average if hub else None)
+        for p in self.plans:
+            folder = self.checkpoints / f"region-{p.id}" if self.checkpoints else None
+            self.regions.append(build_region(self.cfg, p, region_data(self.split, p), network, run_id=self.run_id, checkpoint_dir=folder))
+        self._threads = [threading.Thread(target=self._work, args=(r,), name=f"region-{r.id}", daemon=True) for r in self.regions]
+        for t in self._threads:
+            t.start()
+
+    def _work(self, region: Region) -> None:
         try:
-            results[node.id] = node.run()
-        except BaseException as exc:  # reported below with the region id
-            errors[node.id] = exc
-            for other in nodes:  # peers must not wait for a dead region's rounds
-                other.trainer.stop()
+            self._results[region.id] = region.run()
+        except BaseException as exc:  # reported by results() with the region id
+            self._errors[region.id] = exc
+            self.stop()  # peers must not wait for a dead region's rounds
 
-    # No sockets in-process: run-level convergence is tracked but not served.
-    monitor = make_monitor(None, {})
-    stopping = False
+    def poll(self, timeout_s: float) -> tuple[list[ProgressSnapshot], bool]:
+        """Every region's progress after at most `timeout_s`, and whether all have finished."""
+        for t in self._threads:
+            t.join(timeout_s / max(1, len(self._threads)))
+        done = not any(t.is_alive() for t in self._threads)
+        return [r.progress() for r in self.regions], done
 
-    def observe() -> None:
-        nonlocal stopping
-        snapshots = [n.progress() for n in nodes]
-        if monitor.observe(snapshots) and not stopping:
-            stopping = True
-            for n in nodes:
-                n.trainer.stop()
-        if on_progress:
-            on_progress(snapshots, monitor.drain())
+    def stop(self) -> None:
+        for r in self.regions:
+            r.stop()
 
-    threads = [threading.Thread(target=work, args=(n,), name=f"region-{n.id}", daemon=True) for n in nodes]
-    for t in threads:
-        t.start()
-    try:
-        while any(t.is_alive() for t in threads):
-            for t in threads:
-                t.join(poll_s / max(1, len(threads)))
-            observe()
-        observe()
-    finally:
-        for n in nodes:
-            n.close()
-        monitor.close()
-    if errors:
-        region, exc = sorted(errors.items())[0]
-        raise RegionError(region, f"{type(exc).__name__}: {exc}") from exc
-    return [results[p.id] for p in plans]
+    def metrics_targets(self) -> dict[int, str]:
+        return {}
+
+    def results(self) -> list[RegionResult]:
+        if self._errors:
+            region, exc = sorted(self._errors.items())[0]
+            raise RegionError(region, f"{type(exc).__name__}: {exc}") from exc
+        return [self._results[p.id] for p in self.plans]
+
+    def close(self) -> None:
+        for r in self.regions:
+            r.close()

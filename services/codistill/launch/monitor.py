@@ -10,15 +10,21 @@ looks at test inputs; the test split only gives the ensemble accuracy shown.
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from codistill.config import MonitorConfig
 from codistill.metrics import RunMetrics
+from codistill.records import Evaluation, ProgressSnapshot, RunEvent, write_json
+
+
+def ensemble_accuracy(probs: list[np.ndarray], labels: np.ndarray) -> float:
+    """Accuracy of the average of all regions' predictions ([N, C] each); NaN on no examples."""
+    if len(labels) == 0:
+        return float("nan")
+    return float((np.mean(probs, axis=0).argmax(1) == labels).mean())
 
 
 def pairwise_disagreement(predictions: list[np.ndarray]) -> float:
@@ -59,26 +65,26 @@ class RunMonitor:
         self.y_test = y_test
         self.n = n_regions
         self.tracker = ConvergenceTracker(cfg.disagreement_threshold, cfg.patience)
-        # Per region, evaluations not yet combined: index k -> (step, accuracy, test probs, probe classes).
-        self.pending: list[dict[int, tuple[int, float, np.ndarray, np.ndarray]]] = [{} for _ in range(n_regions)]
+        # Per region, evaluations not yet combined, by index k.
+        self.pending: list[dict[int, Evaluation]] = [{} for _ in range(n_regions)]
         self.counts = [0] * n_regions
         self.evaluations = 0
-        self.records: list[dict[str, Any]] = []
+        self.records: list[RunEvent] = []
         self.metrics = RunMetrics(run_id) if cfg.metrics and serve_host else None
         self.address = None
         if self.metrics is not None:
             port = self.metrics.serve(serve_host)
             self.address = f"{serve_host}:{port}"
 
-    def observe(self, snapshots: list[dict]) -> bool:
+    def observe(self, snapshots: list[ProgressSnapshot]) -> bool:
         """Fold in new evaluations; returns True when the run should stop early.
 
         The k-th evaluation of the run combines every region's k-th evaluation.
         """
         stop = False
         for i, snap in enumerate(snapshots):
-            for step, acc, probs, probe in snap.get("evals", []):
-                self.pending[i][self.counts[i]] = (step, acc, np.asarray(probs, dtype=np.float32), np.asarray(probe))
+            for e in snap.evals:
+                self.pending[i][self.counts[i]] = e
                 self.counts[i] += 1
         while all(self.evaluations in p for p in self.pending):
             k = self.evaluations
@@ -87,26 +93,14 @@ class RunMonitor:
             stop = self._combine(k, entries) or stop
         return stop
 
-    def _combine(self, k: int, entries: list[tuple[int, float, np.ndarray, np.ndarray]]) -> bool:
-        probs = [e[2] for e in entries]
-        disagreement = pairwise_disagreement([e[3] for e in entries])
-        ensemble = float((np.mean(probs, axis=0).argmax(1) == self.y_test).mean())
-        mean_acc = float(np.mean([e[1] for e in entries]))
+    def _combine(self, k: int, entries: list[Evaluation]) -> bool:
+        disagreement = pairwise_disagreement([np.asarray(e.probe) for e in entries])
+        ensemble = ensemble_accuracy([np.asarray(e.test_probs, dtype=np.float32) for e in entries], self.y_test)
+        mean_acc = float(np.mean([e.accuracy for e in entries]))
         converged = self.tracker.update(disagreement) if self.n > 1 else False
         if self.metrics is not None:
             self.metrics.update(disagreement, ensemble, mean_acc, converged)
-        self.records.append(
-            {
-                "kind": "run",
-                "evaluation": k,
-                "step": int(min(e[0] for e in entries)),
-                "time": time.time(),
-                "disagreement": disagreement,
-                "ensemble_test_accuracy": ensemble,
-                "mean_test_accuracy": mean_acc,
-                "converged": converged,
-            }
-        )
+        self.records.append(RunEvent(k, int(min(e.step for e in entries)), time.time(), disagreement, ensemble, mean_acc, converged))
         return converged and self.cfg.stop_when_converged
 
     def set_targets(self, region_targets: dict[int, str]) -> None:
@@ -125,7 +119,7 @@ class RunMonitor:
             else:
                 self._announce(f"metrics moved: regions {listing}")
 
-    def drain(self) -> list[dict[str, Any]]:
+    def drain(self) -> list[RunEvent]:
         out, self.records = self.records, []
         return out
 
@@ -143,11 +137,7 @@ def write_service_discovery(folder: Path, region_targets: dict[int, str], driver
     ]
     if driver_target:
         groups.append({"targets": [driver_target], "labels": {"role": "driver"}})
-    path = folder / "targets.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(groups, indent=2))
-    tmp.replace(path)
-    return path
+    return write_json(folder / "targets.json", groups)
 
 
 def prometheus_command(config: Path) -> str:

@@ -11,46 +11,36 @@ regions together, the usual upper reference.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-
 from codistill import topology
 from codistill.config import RunConfig
 from codistill.data import Split
-from codistill.region.trainer import RegionData
-
-
-@dataclass
-class RegionPlan:
-    id: int
-    arch: str
-    steps: int
-    exchange: bool  # publishes predictions (codistill)
-    labeled: np.ndarray  # indices into split.dataset.train
-    sends_to: list[int]
-    receives_from: list[int]
-    average: bool = False  # averages weights with all regions (fedavg)
-    self_teach: bool = False  # distils from its own earlier predictions (selftrain)
+from codistill.records import RegionData, RegionPlan, Role
 
 
 def plan_regions(cfg: RunConfig, split: Split, strategy: str) -> list[RegionPlan]:
     if strategy == "fedavg" and cfg.regions.models and len(set(cfg.regions.models)) > 1:
         raise ValueError("fedavg needs one architecture for all regions")
     if strategy == "centralized":
-        return [RegionPlan(0, cfg.regions.architecture(0), cfg.train.steps * cfg.regions.count, False, split.labeled, [], [])]
+        return [RegionPlan(0, cfg.regions.architecture(0), cfg.train.steps * cfg.regions.count, Role.ALONE, split.labeled)]
     n = cfg.regions.count
-    exchange = strategy == "codistill" and n > 1
+    role = _role(strategy, n)
+    exchange = role is Role.PREDICTIONS
     graph = topology.neighbours(cfg.exchange.topology, n, cfg.exchange.k, cfg.seed) if exchange else {i: [] for i in range(n)}
     inbound = topology.sources(graph)
-    average = strategy == "fedavg" and n > 1
     return [
-        RegionPlan(
-            i, cfg.regions.architecture(i), cfg.train.steps, exchange, split.slices[i], graph[i], inbound[i], average,
-            self_teach=strategy == "selftrain",
-        )
+        RegionPlan(i, cfg.regions.architecture(i), cfg.train.steps, role, split.slices[i], tuple(graph[i]), tuple(inbound[i]))
         for i in range(n)
     ]
+
+
+def _role(strategy: str, regions: int) -> Role:
+    if strategy == "selftrain":
+        return Role.SELF
+    if regions > 1 and strategy == "codistill":
+        return Role.PREDICTIONS
+    if regions > 1 and strategy == "fedavg":
+        return Role.WEIGHTS
+    return Role.ALONE
 
 
 def region_data(split: Split, plan: RegionPlan) -> RegionData:

@@ -7,6 +7,8 @@ from enum import Enum
 
 import torch
 
+from codistill.errors import MessageRejected, RegionError  # noqa: F401  (raised and caught by the wire modules)
+
 
 class RegionState(str, Enum):
     STARTING = "starting"
@@ -61,28 +63,6 @@ class Rejection(str, Enum):
             Rejection.NOT_READY,
             Rejection.FUTURE_VERSION,
         )
-
-
-class MessageRejected(Exception):
-    def __init__(self, reason: Rejection, detail: str):
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-    def __reduce__(self):
-        return (MessageRejected, (self.reason, self.detail))
-
-
-class RegionError(RuntimeError):
-    """A region failed; carries its id so the driver can say which."""
-
-    def __init__(self, region: int, message: str):
-        super().__init__(f"region {region}: {message}")
-        self.region = region
-        self.message = message
-
-    def __reduce__(self):
-        return (RegionError, (self.region, self.message))
 
 
 @dataclass

@@ -1,7 +1,8 @@
-"""One region as a running service: trainer + inbox + gRPC server + transport.
+"""A region's endpoint: its inbox, its gRPC server and metrics, and the status it reports.
 
-A host process (a Ray actor, or a plain thread in the in-process harness)
-creates a node, starts serving, wires it to peers, then runs it.
+The region's loop fills `live`; the node serves it (GetStatus) and takes
+peers' predictions into its inbox. A node exists before its loop runs, so a
+region can be reached and wired before it trains.
 """
 
 from __future__ import annotations
@@ -10,16 +11,16 @@ import time
 from typing import Callable
 
 from codistill.config import RunConfig
-from codistill.metrics import RegionMetrics
+from codistill.metrics import MetricsSink, NullMetrics, RegionMetrics
+from codistill.records import RegionData
 from codistill.region import serde
 from codistill.region.client import GrpcTransport
 from codistill.region.inbox import SYNC_VERSION_LEAD, PeerInbox
+from codistill.region.journal import Live
 from codistill.region.messages import RegionState, RegionStatus, Rejection
 from codistill.region.security import Authority, TlsFiles, TokenBook, region_token
 from codistill.region.server import RegionServer, create_server
 from codistill.region.servicer import RegionServicer
-from codistill.region.trainer import RegionData, RegionResult, RegionTrainer
-from codistill.region.transport import InProcessTransport
 
 
 def message_cap(configured: int | None, ids_per_message: int, num_classes: int) -> int:
@@ -29,25 +30,18 @@ def message_cap(configured: int | None, ids_per_message: int, num_classes: int) 
     return serde.default_max_message_bytes(ids_per_message, num_classes)
 
 
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class RegionNode:
     def __init__(
-        self,
-        region_id: int,
-        cfg: RunConfig,
-        data: RegionData,
-        *,
-        run_id: str,
-        restarts: int = 0,
-        resolve: Callable[[int], str | None] | None = None,
-        **trainer_kwargs,
+        self, region_id: int, cfg: RunConfig, data: RegionData, *, run_id: str, steps: int | None = None, restarts: int = 0,
     ):
-        self.id = region_id
-        self.cfg = cfg
-        self.run_id = run_id
-        self.trainer = RegionTrainer(region_id, cfg, data, run_id=run_id, **trainer_kwargs)
-        self.trainer.restarts = restarts
-        self.trainer.on_hang = self._hang
-        self._resolve = resolve
+        self.id, self.cfg, self.run_id, self.restarts = region_id, cfg, run_id, restarts
+        self.steps = steps if steps is not None else cfg.train.steps
+        self.transfer_size, self.num_classes = len(data.x_transfer), data.num_classes
+        self.live = Live()
         self.inbox: PeerInbox | None = None
         self._server: RegionServer | None = None
         self.address: str | None = None
@@ -63,20 +57,22 @@ class RegionNode:
     @property
     def max_message_bytes(self) -> int:
         """The largest PushPredictions this region sends or takes."""
-        transfer = len(self.trainer.x_transfer)
         chunk = self.cfg.exchange.chunk_size
-        ids = transfer if chunk is None else min(chunk, transfer)
-        return message_cap(self.cfg.exchange.max_message_bytes, ids, self.trainer.num_classes)
+        ids = self.transfer_size if chunk is None else min(chunk, self.transfer_size)
+        return message_cap(self.cfg.exchange.max_message_bytes, ids, self.num_classes)
+
+    @property
+    def metrics_sink(self) -> MetricsSink:
+        return self.metrics if self.metrics is not None else NullMetrics()
 
     # ------------------------------------------------------------ lifecycle
     def serve(self, host: str = "127.0.0.1") -> str:
-        """Start the gRPC server on a free port of `host`; returns host:port."""
+        """Start the gRPC server (and metrics, when enabled) on a free port of `host`; returns host:port."""
         cap = self.max_message_bytes
         authority = Authority(TokenBook(self._secret) if self._secret else None, tls=self._tls is not None)
         self.servicer = RegionServicer(lambda: self.inbox, self.status, max_message_bytes=cap, authority=authority)
-        bind = f"[{host}]:0" if ":" in host else f"{host}:0"
         self._server = create_server(
-            bind,
+            f"[{host}]:0" if ":" in host else f"{host}:0",
             self.servicer,
             max_message_bytes=cap,
             token=self._secret,
@@ -85,15 +81,12 @@ class RegionNode:
         )
         self._server.start()
         self._server.set_serving(True)
-        port = self._server.port
-        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.address = _join(host, self._server.port)
         if self.cfg.monitor.metrics:
             self.metrics = RegionMetrics(self.run_id, self.id)
-            mport = self.metrics.serve(host)
-            self.metrics_address = f"[{host}]:{mport}" if ":" in host else f"{host}:{mport}"
-            self.trainer.metrics = self.metrics
-            if self.trainer.restarts:
-                self.metrics.restarts.labels(run=self.run_id, region=str(self.id)).inc(self.trainer.restarts)
+            self.metrics_address = _join(host, self.metrics.serve(host))
+            if self.restarts:
+                self.metrics.restarts.labels(run=self.run_id, region=str(self.id)).inc(self.restarts)
         return self.address
 
     def prepare(self, sources: list[int]) -> PeerInbox:
@@ -102,21 +95,41 @@ class RegionNode:
         inbox = PeerInbox(
             self.run_id,
             sources,
-            self.trainer.num_classes,
-            len(self.trainer.x_transfer),
+            self.num_classes,
+            self.transfer_size,
             temperature=self.cfg.distill.temperature,
             version_lead=SYNC_VERSION_LEAD if ex.mode == "sync" else None,
             # Rounds are numbered by step: no region of this run publishes past this one.
-            last_round=self.trainer.steps // ex.publish_interval,
+            last_round=self.steps // ex.publish_interval,
         )
         if self.servicer is not None:
             inbox.rejections.update(self.servicer.early_rejections)
         self.inbox = inbox
         self._sources = list(sources)
-        self._declare_metrics([])
+        self.declare([])
         return self.inbox
 
-    def _hang(self, seconds: float) -> None:
+    def declare(self, targets: list[int]) -> None:
+        """Name this region's peers in its metrics, so every series exists from the start."""
+        if self.metrics is not None:
+            self.metrics.declare(sorted(targets), self._sources, [r.value for r in Rejection])
+
+    def grpc_transport(self, targets: dict[int, str], resolve: Callable[[int], str | None] | None = None) -> GrpcTransport:
+        """A transport to `targets` with this region's credentials and message cap."""
+        ex = self.cfg.exchange
+        return GrpcTransport(
+            targets,
+            dtype=ex.dtype,
+            rpc_timeout_s=ex.rpc_timeout_s,
+            max_message_bytes=self.max_message_bytes,
+            token=region_token(self._secret, self.id) if self._secret else None,
+            tls=self._tls,
+            resolve=resolve,
+            keep_all=ex.mode == "sync",
+        )
+
+    def pause(self, seconds: float) -> None:
+        """Hold incoming calls for `seconds` (a hung region, for chaos)."""
         if self.servicer is not None:
             self.servicer.pause_until = time.monotonic() + seconds
 
@@ -125,41 +138,7 @@ class RegionNode:
         if self.inbox is not None:
             self.inbox.reject(Rejection.UNAUTHENTICATED)
 
-    def _declare_metrics(self, targets: list[int]) -> None:
-        if self.metrics is not None:
-            self.metrics.declare(sorted(targets), self._sources, [r.value for r in Rejection])
-
-    def connect_grpc(self, targets: dict[int, str]) -> None:
-        self._declare_metrics(list(targets))
-        if not targets:
-            return
-        ex = self.cfg.exchange
-        transport = GrpcTransport(
-            targets,
-            dtype=ex.dtype,
-            rpc_timeout_s=ex.rpc_timeout_s,
-            max_message_bytes=self.max_message_bytes,
-            token=region_token(self._secret, self.id) if self._secret else None,
-            tls=self._tls,
-            resolve=self._resolve,
-            keep_all=ex.mode == "sync",
-        )
-        self.trainer.attach(transport, self.inbox)
-
-    def connect_inprocess(self, targets: dict[int, PeerInbox]) -> None:
-        self.trainer.attach(InProcessTransport(targets, self.cfg.exchange.dtype), self.inbox)
-
-    def run(self) -> RegionResult:
-        try:
-            result = self.trainer.run()
-        except Exception:
-            self.trainer.state = RegionState.FAILED
-            raise
-        return result
-
     def close(self, grace_s: float = 2.0) -> None:
-        self.trainer.stop()
-        self.trainer.transport.close()
         if self._server is not None:
             self._server.set_serving(False)
             self._server.stop(grace_s)
@@ -168,41 +147,20 @@ class RegionNode:
             self.servicer.close()
         if self.metrics is not None:
             self.metrics.close()
-        if self.trainer.state is not RegionState.FAILED:
-            self.trainer.state = RegionState.STOPPED
+        if self.live.state is not RegionState.FAILED:
+            self.live.state = RegionState.STOPPED
 
     # --------------------------------------------------------------- status
     def status(self) -> RegionStatus:
-        t = self.trainer
-        inbox = self.inbox
+        live, inbox = self.live, self.inbox
         return RegionStatus(
             run_id=self.run_id,
             region=self.id,
-            state=t.state,
-            step=t.step,
-            version=t.version,
-            test_accuracy=t.test_accuracy,
-            bytes_sent=t.bytes_sent,
+            state=live.state,
+            step=live.step,
+            version=live.version,
+            test_accuracy=live.test_accuracy,
+            bytes_sent=live.bytes_sent,
             bytes_received=inbox.bytes_received() if inbox else 0,
             peers=dict(inbox.counters) if inbox else {},
         )
-
-    def progress(self) -> dict:
-        """A snapshot for live displays, plus records and evaluations since the last call."""
-        s = self.status()
-        t = self.trainer
-        return {
-            "evals": t.drain_evals(),
-            "metrics_address": self.metrics_address,
-            "region": self.id,
-            "arch": t.arch,
-            "state": s.state.value,
-            "step": s.step,
-            "steps": t.steps,
-            "test_accuracy": s.test_accuracy,
-            "loss_supervised": t.last_losses[0],
-            "loss_distill": t.last_losses[1],
-            "bytes_sent": s.bytes_sent,
-            "bytes_received": s.bytes_received,
-            "records": t.drain_records(),
-        }

@@ -26,6 +26,7 @@ from typing import Callable, Iterable
 
 import grpc
 
+from codistill.errors import SecurityError  # noqa: F401  (importable from here too)
 from codistill.region.messages import MessageRejected, Rejection
 
 # Every region certificate carries this name; clients verify it instead of the
@@ -38,10 +39,6 @@ _REGION_PRINCIPAL = re.compile(r"region-(\d{1,9})")
 _OPERATOR = "operator"
 # A token is a principal name and 64 hex digits; anything much longer is not one.
 _MAX_TOKEN_CHARS = 128
-
-
-class SecurityError(ValueError):
-    pass
 
 
 def region_uri(region: int) -> str:

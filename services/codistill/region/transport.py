@@ -1,6 +1,6 @@
 """The seam between a region's training logic and the network.
 
-A trainer only ever calls `Transport.publish`. `GrpcTransport`
+A region's exchange only ever calls `Transport.publish` (and `flush` when it ends). `GrpcTransport`
 (codistill.region.client) is the real one; `InProcessTransport` delivers to
 peers' inboxes in the same process, with the same serialisation round trip, so
 the math is identical and tests and benchmarks have a reference without
@@ -9,8 +9,9 @@ sockets.
 
 from __future__ import annotations
 
+import threading
 import time
-from typing import Protocol
+from typing import Callable, Protocol
 
 from codistill.region import serde
 from codistill.region.inbox import PeerInbox
@@ -70,3 +71,39 @@ class InProcessTransport:
 
     def close(self) -> None:
         self.targets.clear()
+
+
+class DeferredTransport:
+    """A transport made at its first use.
+
+    A region is built, served and registered before its peers are; its first
+    publish comes after every region of the run is up, so that is when its
+    peers are looked up. After `close` nothing is sent.
+    """
+
+    def __init__(self, make: Callable[[], Transport]):
+        self._make = make
+        self._inner: Transport | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def _transport(self) -> Transport:
+        with self._lock:
+            if self._inner is None:
+                self._inner = NullTransport() if self._closed else self._make()
+            return self._inner
+
+    def publish(self, batch: PredictionBatch) -> PublishReport:
+        return self._transport().publish(batch)
+
+    def flush(self, timeout_s: float | None = None) -> PublishReport:
+        with self._lock:
+            inner = self._inner
+        return inner.flush(timeout_s) if inner is not None else PublishReport()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            inner = self._inner
+        if inner is not None:
+            inner.close()

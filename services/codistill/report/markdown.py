@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from codistill.bench_report import KiB, MiB, headline_keys
+from codistill.report.aggregate import KiB, MiB
+from codistill.report.targets import headline_keys
 
 def _pm(stat: dict) -> str:
     return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}" if stat["n"] > 1 else f"{100 * stat['mean']:.1f}"
@@ -100,46 +101,27 @@ def write_tuning_report(doc: dict, path: Path, command: str) -> Path:
 
 def write_report(doc: dict, cells: list[dict], path: Path, command: str) -> Path:
     """Writes the Markdown report to `path` and its plots to `path.parent/plots/`."""
-    from codistill import bench_plots as plots
-
     if doc["rows"] and all(info.get("group") for info in doc["row_info"].values()):
         return write_tuning_report(doc, path, command)
     folder = path.parent / "plots"
     folder.mkdir(parents=True, exist_ok=True)
-    names = doc["target_rows"]
-    m = doc["machine"]
-    headline = doc.get("headline")
-    L: list[str] = [
-        f"# Benchmark results: suite `{doc['suite']}`",
-        "",
-        f"Produced by `{command}` (suite file `{doc['suite_file']}`).",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
-        f"{'GPU ' + m['gpu'] if m['gpu'] else 'no GPU'}; torch {m['torch']}, Python {m['python']}.",
-        f"{doc['cells']} cells, {doc['suite_seconds'] / 60:.0f} min of run time in all; code version `{doc['code_version']}`.",
-        "Accuracies are the mean over regions of each region's test accuracy, in %; ± is the sample standard deviation "
-        "(ddof=1) over seeds. Every setting of every strategy was chosen beforehand on the validation split "
-        "(see the tuning reports), and the targets judge the strategy the suite declares before it runs "
-        f"(`{headline}`), never a pick by test accuracy. The validation column is shown for reference only. "
-        "CPU seconds are the regions' own thread time (their compute, whatever else ran on the machine). "
-        "Bytes are protobuf bytes on the wire for codistill, and float32 parameter bytes (up and down) for fedavg. "
-        "Exchange seconds are spent predicting, publishing and waiting for peers' rounds. "
-        "Peak memory is measured on Ray + gRPC cells, where each region has its own process "
-        "(in-process cells share one process with the bench, so they show –).",
-        "",
-        "## Targets",
-        "",
-        "| target | goal | measured | met |",
-        "|---|---|---|---|",
-    ]
-    for t in doc["targets"]:
-        L.append(f"| {t['name']} | {t['goal']} | {t['measured']} | {'yes' if t['met'] else 'no' if t['met'] is False else 'n/a'} |")
-    L.append("")
+    figures = _Figures(_draw(doc, cells, folder))
+    L = _header(doc, command) + _targets(doc)
     if doc.get("commentary"):
         L += [doc["commentary"].strip(), ""]
-    L += _comparisons(doc)
+    L += _comparisons(doc) + _transport_agreement(doc) + _headline_rows(doc, figures) + _hidden_class(doc, figures)
+    L += _lying(doc, figures) + _sweeps(doc, figures) + _other_rows(doc, cells)
+    L += figures("accuracy", "Mean region accuracy for every row and strategy.")
+    path.write_text("\n".join(L) + "\n")
+    return path
 
+
+def _draw(doc: dict, cells: list[dict], folder: Path) -> dict[str, Path | None]:
+    from codistill.report import suite_plots as plots
+
+    names, headline = doc["target_rows"], doc.get("headline")
     lying_row = doc["lying"][0]["row"] if doc.get("lying") else ""
-    drawn = {
+    return {
         "accuracy_vs_steps": plots.accuracy_vs_steps(cells, names.get("skew", ""), folder),
         "error_reduction_vs_regions": plots.error_reduction_vs_regions(doc, headline, folder) if headline else None,
         "hidden_class_recall": plots.hidden_class_recall(doc, names.get("omit", ""), folder),
@@ -151,78 +133,133 @@ def write_report(doc: dict, cells: list[dict], path: Path, command: str) -> Path
         "accuracy": plots.accuracy_by_row(doc, folder),
     }
 
-    def figure(key: str, caption: str) -> None:
-        if drawn.get(key):
-            L.extend([f"![{caption}](plots/{drawn[key].name})", "", f"*{caption}*", ""])
 
+class _Figures:
+    """The report's lines for a plot that was drawn (none for one that was not)."""
+
+    def __init__(self, drawn: dict[str, Path | None]):
+        self.drawn = drawn
+
+    def __call__(self, key: str, caption: str) -> list[str]:
+        if not self.drawn.get(key):
+            return []
+        return [f"![{caption}](plots/{self.drawn[key].name})", "", f"*{caption}*", ""]
+
+
+def _header(doc: dict, command: str) -> list[str]:
+    m = doc["machine"]
+    return [
+        f"# Benchmark results: suite `{doc['suite']}`",
+        "",
+        f"Produced by `{command}` (suite file `{doc['suite_file']}`).",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
+        f"{'GPU ' + m['gpu'] if m['gpu'] else 'no GPU'}; torch {m['torch']}, Python {m['python']}.",
+        f"{doc['cells']} cells, {doc['suite_seconds'] / 60:.0f} min of run time in all; code version `{doc['code_version']}`.",
+        "Accuracies are the mean over regions of each region's test accuracy, in %; ± is the sample standard deviation "
+        "(ddof=1) over seeds. Every setting of every strategy was chosen beforehand on the validation split "
+        "(see the tuning reports), and the targets judge the strategy the suite declares before it runs "
+        f"(`{doc.get('headline')}`), never a pick by test accuracy. The validation column is shown for reference only. "
+        "CPU seconds are the regions' own thread time (their compute, whatever else ran on the machine). "
+        "Bytes are protobuf bytes on the wire for codistill, and float32 parameter bytes (up and down) for fedavg. "
+        "Exchange seconds are spent predicting, publishing and waiting for peers' rounds. "
+        "Peak memory is measured on Ray + gRPC cells, where each region has its own process "
+        "(in-process cells share one process with the bench, so they show –).",
+        "",
+    ]
+
+
+def _targets(doc: dict) -> list[str]:
+    L = ["## Targets", "", "| target | goal | measured | met |", "|---|---|---|---|"]
+    for t in doc["targets"]:
+        L.append(f"| {t['name']} | {t['goal']} | {t['measured']} | {'yes' if t['met'] else 'no' if t['met'] is False else 'n/a'} |")
+    return L + [""]
+
+
+def _transport_agreement(doc: dict) -> list[str]:
     agreement = doc.get("transport_agreement", [])
-    if agreement:
-        L += [
-            "## Ray + gRPC against the in-process transport",
-            "",
-            "The same config, seed and split, once with every region in one process (no Ray, no gRPC), once as Ray actors "
-            "exchanging over gRPC on loopback. Local Ray is started once before the first such cell, so a cell's wall time "
-            "covers placing the actors, shipping their data, starting their gRPC servers, training and collecting results.",
-            "",
-            "| row | strategy | seed | in-process acc % | Ray+gRPC acc % | largest region difference | bytes in-process | bytes gRPC "
-            "| wall in-process s | wall Ray+gRPC s | ratio |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for a in agreement:
-            L.append(
-                f"| {a['row']} | {a['spec'].split('@')[0]} | {a['seed']} | {100 * a['inprocess_accuracy']:.2f} | {100 * a['grpc_accuracy']:.2f} "
-                f"| {100 * a['max_region_difference']:.2f} points | {_size(a['inprocess_bytes'])} | {_size(a['grpc_bytes'])} "
-                f"| {a['inprocess_wall_seconds']:.0f} | {a['grpc_wall_seconds']:.0f} | {a['overhead_ratio']:.2f} |"
-            )
-        L.append("")
+    if not agreement:
+        return []
+    L = [
+        "## Ray + gRPC against the in-process transport",
+        "",
+        "The same config, seed and split, once with every region in one process (no Ray, no gRPC), once as Ray actors "
+        "exchanging over gRPC on loopback. Local Ray is started once before the first such cell, so a cell's wall time "
+        "covers placing the actors, shipping their data, starting their gRPC servers, training and collecting results.",
+        "",
+        "| row | strategy | seed | in-process acc % | Ray+gRPC acc % | largest region difference | bytes in-process | bytes gRPC "
+        "| wall in-process s | wall Ray+gRPC s | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for a in agreement:
+        L.append(
+            f"| {a['row']} | {a['spec'].split('@')[0]} | {a['seed']} | {100 * a['inprocess_accuracy']:.2f} | {100 * a['grpc_accuracy']:.2f} "
+            f"| {100 * a['max_region_difference']:.2f} points | {_size(a['inprocess_bytes'])} | {_size(a['grpc_bytes'])} "
+            f"| {a['inprocess_wall_seconds']:.0f} | {a['grpc_wall_seconds']:.0f} | {a['overhead_ratio']:.2f} |"
+        )
+    return L + [""]
 
-    L += ["## Headline rows", ""]
+
+def _headline_rows(doc: dict, figures: _Figures) -> list[str]:
+    names = doc["target_rows"]
+    L = ["## Headline rows", ""]
     for key in headline_keys(names):
         row = names.get(key)
         if row in doc["rows"]:
             L += [f"### {row}", "", *_row_table(row, doc["rows"][row]), ""]
-    figure("accuracy_vs_steps", f"Accuracy during training on {names.get('skew')}, mean over regions and seeds.")
-    figure("bytes_vs_accuracy", f"Bytes sent per region against accuracy on {names.get('skew')}.")
+    L += figures("accuracy_vs_steps", f"Accuracy during training on {names.get('skew')}, mean over regions and seeds.")
+    return L + figures("bytes_vs_accuracy", f"Bytes sent per region against accuracy on {names.get('skew')}.")
 
+
+def _hidden_class(doc: dict, figures: _Figures) -> list[str]:
+    names = doc["target_rows"]
     omit = doc["rows"].get(names.get("omit", ""), {})
     recall = {s: a for s, a in omit.items() if "hidden_recall_blind" in a}
-    if recall:
-        L += [
-            "## Hidden class",
-            "",
-            f"On `{names['omit']}`, half of the regions never see the hidden class labelled. Recall on it, in %:",
-            "",
-            "| strategy | seeds | regions that never saw it | regions that did | ratio |",
-            "|---|---|---|---|---|",
-        ]
-        for s, a in recall.items():
-            blind, seeing = a["hidden_recall_blind"]["mean"], a.get("hidden_recall_seeing", {}).get("mean", float("nan"))
-            L.append(f"| {s} | {a['seeds']} | {_pm(a['hidden_recall_blind'])} | "
-                     f"{_pm(a['hidden_recall_seeing']) if 'hidden_recall_seeing' in a else '–'} | "
-                     f"{blind / seeing:.2f} |" if seeing else f"| {s} | {a['seeds']} | {_pm(a['hidden_recall_blind'])} | – | – |")
-        L.append("")
-        figure("hidden_class_recall", "Recall on the hidden class, for regions that never saw it labelled and for those that did.")
+    if not recall:
+        return []
+    L = [
+        "## Hidden class",
+        "",
+        f"On `{names['omit']}`, half of the regions never see the hidden class labelled. Recall on it, in %:",
+        "",
+        "| strategy | seeds | regions that never saw it | regions that did | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for s, a in recall.items():
+        blind, seeing = a["hidden_recall_blind"]["mean"], a.get("hidden_recall_seeing", {}).get("mean", float("nan"))
+        L.append(f"| {s} | {a['seeds']} | {_pm(a['hidden_recall_blind'])} | "
+                 f"{_pm(a['hidden_recall_seeing']) if 'hidden_recall_seeing' in a else '–'} | "
+                 f"{blind / seeing:.2f} |" if seeing else f"| {s} | {a['seeds']} | {_pm(a['hidden_recall_blind'])} | – | – |")
+    L.append("")
+    return L + figures("hidden_class_recall", "Recall on the hidden class, for regions that never saw it labelled and for those that did.")
 
+
+def _lying(doc: dict, figures: _Figures) -> list[str]:
     lying = doc.get("lying", [])
-    if lying:
-        L += [
-            "## Lying peers",
-            "",
-            f"Regions {', '.join(map(str, lying[0]['liars']))} publish confident lies: all probability on the class they find "
-            "least likely. Accuracy is over the honest regions only, against the same rule, split and seed without liars.",
-            "",
-            "| row | rule | honest acc % with liars | without | loss (points) |",
-            "|---|---|---|---|---|",
-        ]
-        for x in lying:
-            L.append(f"| {x['row']} | {x['spec'].split(':')[1]} | {100 * x['honest_accuracy']:.1f} | "
-                     f"{100 * x['honest_accuracy_without_lies']:.1f} | {100 * x['loss']:.1f} |")
-        L.append("")
-        figure("attention_heatmap", "Mean consensus weight each region gave each peer under lies; columns marked * are the liars.")
+    if not lying:
+        return []
+    L = [
+        "## Lying peers",
+        "",
+        f"Regions {', '.join(map(str, lying[0]['liars']))} publish confident lies: all probability on the class they find "
+        "least likely. Accuracy is over the honest regions only, against the same rule, split and seed without liars.",
+        "",
+        "| row | rule | honest acc % with liars | without | loss (points) |",
+        "|---|---|---|---|---|",
+    ]
+    for x in lying:
+        L.append(f"| {x['row']} | {x['spec'].split(':')[1]} | {100 * x['honest_accuracy']:.1f} | "
+                 f"{100 * x['honest_accuracy_without_lies']:.1f} | {100 * x['loss']:.1f} |")
+    L.append("")
+    return L + figures("attention_heatmap", "Mean consensus weight each region gave each peer under lies; columns marked * are the liars.")
 
-    sweeps = [("regions", "Region count"), ("staleness-sync", "Staleness at equal bytes, sync rounds"),
-              ("staleness-async", "Staleness at equal bytes, async")]
-    for sweep, title in sweeps:
+
+_SWEEPS = [("regions", "Region count"), ("staleness-sync", "Staleness at equal bytes, sync rounds"),
+           ("staleness-async", "Staleness at equal bytes, async")]
+
+
+def _sweeps(doc: dict, figures: _Figures) -> list[str]:
+    headline, L = doc.get("headline"), []
+    for sweep, title in _SWEEPS:
         members = sorted((info["value"], r) for r, info in doc["row_info"].items() if info.get("sweep") == sweep and r in doc["rows"])
         if not members:
             continue
@@ -239,23 +276,25 @@ def write_report(doc: dict, cells: list[dict], path: Path, command: str) -> Path
                          f"| {_size(a['peak_rss_bytes_per_process'])} |")
         L.append("")
         if sweep == "regions":
-            figure("error_reduction_vs_regions", "Error reduction and accuracy against the number of regions.")
+            L += figures("error_reduction_vs_regions", "Error reduction and accuracy against the number of regions.")
         elif sweep == "staleness-async" or not any(i.get("sweep") == "staleness-async" for i in doc["row_info"].values()):
-            figure("accuracy_vs_staleness", "Accuracy against the exchange interval at equal bytes, sync and async.")
+            L += figures("accuracy_vs_staleness", "Accuracy against the exchange interval at equal bytes, sync and async.")
+    return L
 
+
+def _other_rows(doc: dict, cells: list[dict]) -> list[str]:
+    names = doc["target_rows"]
     shown = {names.get(k) for k in ("skew", "hardest_skew", "iid", "omit")}
     shown |= {r for r, info in doc["row_info"].items() if (info.get("sweep") or "").startswith("staleness")}
     others = [r for r in doc["rows"] if r not in shown]
-    if others:
-        L += ["## All other rows", ""]
-        for r in others:
-            L += [f"### {r}", "", f"Settings: `{doc['row_info'][r]['set']}`", "", *_row_table(r, doc["rows"][r]), ""]
-        for c in cells:
-            archs = {x["arch"] for x in c["regions"]}
-            if len(archs) > 1 and c["seed"] == 0:
-                per = {a: 100 * np.mean([x["test_accuracy"] for x in c["regions"] if x["arch"] == a]) for a in sorted(archs)}
-                L.append(f"- `{c['row']}` {c['spec']}: " + ", ".join(f"{a} regions {v:.1f}%" for a, v in per.items()))
-        L.append("")
-    figure("accuracy", "Mean region accuracy for every row and strategy.")
-    path.write_text("\n".join(L) + "\n")
-    return path
+    if not others:
+        return []
+    L = ["## All other rows", ""]
+    for r in others:
+        L += [f"### {r}", "", f"Settings: `{doc['row_info'][r]['set']}`", "", *_row_table(r, doc["rows"][r]), ""]
+    for c in cells:
+        archs = {x["arch"] for x in c["regions"]}
+        if len(archs) > 1 and c["seed"] == 0:
+            per = {a: 100 * np.mean([x["test_accuracy"] for x in c["regions"] if x["arch"] == a]) for a in sorted(archs)}
+            L.append(f"- `{c['row']}` {c['spec']}: " + ", ".join(f"{a} regions {v:.1f}%" for a, v in per.items()))
+    return L + [""]

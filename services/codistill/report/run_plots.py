@@ -19,11 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from codistill.summaries import hidden_class_recall  # noqa: E402
-
-
-class ReportError(ValueError):
-    pass
+from codistill.errors import ReportError  # noqa: E402
+from codistill.report.summaries import hidden_class_recall  # noqa: E402
 
 
 def load_records(run_dir: Path) -> list[dict]:

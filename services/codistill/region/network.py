@@ -1,0 +1,54 @@
+"""How a region reaches its peers, chosen by whoever launches it.
+
+`InProcessNetwork`: every region in one process; deliveries go straight into
+peers' inboxes (with the gRPC serialisation round trip, so the math is the
+same). `GrpcNetwork`: each region serves gRPC and finds its peers through a
+directory of addresses, where a restarted region re-registers. Either may
+carry fedavg's weight hub (`average`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from codistill.region.exchange import Average
+from codistill.region.inbox import PeerInbox
+from codistill.region.node import RegionNode
+from codistill.region.transport import DeferredTransport, InProcessTransport, Transport
+
+
+class InProcessNetwork:
+    def __init__(self, dtype: str, average: Average | None = None):
+        self.dtype, self.average = dtype, average
+        self._inboxes: dict[int, PeerInbox] = {}
+
+    def serve(self, node: RegionNode) -> None:
+        """No sockets in-process."""
+
+    def register(self, node: RegionNode) -> None:
+        assert node.inbox is not None, "register a region once its inbox is prepared"
+        self._inboxes[node.id] = node.inbox
+
+    def transport(self, node: RegionNode, targets: tuple[int, ...]) -> Transport:
+        return DeferredTransport(lambda: InProcessTransport({j: self._inboxes[j] for j in targets}, self.dtype))
+
+
+class GrpcNetwork:
+    def __init__(
+        self,
+        host: str,
+        register: Callable[[int, str, str | None], None],
+        lookup: Callable[[int], str | None],
+        average: Average | None = None,
+    ):
+        self.host, self._register, self.lookup, self.average = host, register, lookup, average
+
+    def serve(self, node: RegionNode) -> None:
+        node.serve(self.host)
+
+    def register(self, node: RegionNode) -> None:
+        """Peers find `node` from now on: only once its inbox takes their messages."""
+        self._register(node.id, node.address, node.metrics_address)
+
+    def transport(self, node: RegionNode, targets: tuple[int, ...]) -> Transport:
+        return DeferredTransport(lambda: node.grpc_transport({j: self.lookup(j) for j in targets}, resolve=self.lookup))

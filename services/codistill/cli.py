@@ -21,11 +21,8 @@ from rich.markup import escape
 
 from codistill import config as config_mod
 from codistill import preflight
-from codistill.config import STRATEGIES, ConfigError, excerpt_path
-from codistill.data import DataError
-from codistill.partition import PartitionError
-from codistill.region.security import SecurityError
-from codistill.region.messages import RegionError
+from codistill.config import STRATEGIES, excerpt_path
+from codistill.errors import ConfigError, RegionError, UserError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -117,12 +114,12 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             preflight.check_out(out, force=args.force)
         # Data, split and every model (a user's too) are checked here, before the header and Ray.
         split = preflight.prepare(cfg)
-    except (ConfigError, DataError, PartitionError, SecurityError) as exc:
+    except UserError as exc:
         return _fail(console, str(exc), EXIT_USAGE)
 
     from codistill.launch import driver
 
-    from codistill.progress import LiveProgress, results_table
+    from codistill.report.live import LiveProgress, results_table
 
     console.print(
         f"[bold]{cfg.name}[/]: {cfg.regions.count} regions, {cfg.data.dataset} "
@@ -162,7 +159,6 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args, console)
     if args.command == "bench":
         from codistill.bench import load_suite, run_bench
-        from codistill.bench_report import MixedVersions
 
         try:
             suite = load_suite(args.suite)
@@ -170,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--seeds must be at least 1")
             out = args.out or Path("runs") / f"bench-{suite.name}"
             preflight.check_out(out, force=True, reuse=True)  # finished cells in it are reused
-        except ConfigError as exc:
+        except UserError as exc:
             return _fail(console, str(exc), EXIT_USAGE)
         try:
             command = "codistill " + " ".join(sys.argv[1:])
@@ -180,25 +176,25 @@ def main(argv: list[str] | None = None) -> int:
             )
         except RegionError as exc:
             return _fail(console, str(exc), EXIT_FAILED)
-        except MixedVersions as exc:
+        except UserError as exc:  # cells of different code versions cannot be reported together
             return _fail(console, str(exc), EXIT_USAGE)
         console.print(f"bench: {out / 'bench.json'}  report: {args.report or out / 'report.md'}", highlight=False)
         return 0
     if args.command == "certs":
-        from codistill.certs import CertsError, make_certs
+        from codistill.certs import make_certs
 
         try:
             written = make_certs(args.folder, args.regions, args.host, args.days, args.force)
-        except CertsError as exc:
+        except UserError as exc:
             return _fail(console, str(exc), EXIT_USAGE)
         console.print(f"wrote {len(written)} certificates to {args.folder}; set security.tls_dir={args.folder}", highlight=False)
         return 0
     if args.command == "report":
-        from codistill.report import ReportError, report
+        from codistill.report import report
 
         try:
             paths = report(args.run_dir)
-        except ReportError as exc:
+        except UserError as exc:
             return _fail(console, str(exc), EXIT_USAGE)
         for path in paths:
             console.print(str(path), highlight=False)

@@ -29,14 +29,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from codistill.errors import ConfigError  # noqa: F401  (raised here; importable from here too)
+
 # selftrain: independent regions that distil from their own earlier predictions on the transfer
 # set, with codistill's compute per step and no exchange (the control for "is it the peers?").
 Strategy = Literal["codistill", "independent", "centralized", "fedavg", "selftrain"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
-
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased for the user (one line)."""
 
 
 # A value echoed in an error is cut to this many characters, so a huge string or list in a

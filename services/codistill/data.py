@@ -33,6 +33,7 @@ import numpy as np
 
 from codistill import partition
 from codistill.config import RunConfig, excerpt_path
+from codistill.errors import DataError  # noqa: F401  (raised here; importable from here too)
 
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 # MD5 of the gz files as published by the dataset's authors.
@@ -44,10 +45,6 @@ FASHION_MNIST_FILES = {
 }
 FASHION_MNIST_CLASSES = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-class DataError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -309,15 +306,21 @@ NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 def load_npz(path: str | Path) -> Dataset:
     """A Dataset from an .npz file holding x_train, y_train, x_test, y_test and optional class_names."""
     shown = f"data.path {excerpt_path(path)}"
+    path = Path(path).expanduser()
     try:
-        with np.load(Path(path).expanduser(), allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
     except FileNotFoundError:
         raise DataError(f"{shown}: file not found") from None
-    except (AttributeError, TypeError):  # a .npy file: np.load gives an array, not an archive
-        raise DataError(f"{shown}: not an .npz archive (save it with numpy.savez)") from None
-    except ValueError as exc:  # arrays of Python objects, which need pickle
-        raise DataError(f"{shown}: unreadable ({exc}); save plain arrays, class_names as strings") from None
+    except OSError as exc:
+        raise DataError(f"{shown}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if magic != b"PK\x03\x04":  # every .npz is a zip archive; anything else np.load would try to unpickle
+        raise DataError(f"{shown}: not an .npz archive (save it with numpy.savez)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except ValueError:  # arrays of Python objects, which only pickle can load
+        raise DataError(f"{shown}: holds arrays of Python objects; save plain arrays (class_names as strings)") from None
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{shown}: not a readable .npz file ({type(exc).__name__})") from None
     missing = [k for k in NPZ_ARRAYS if k not in arrays]

@@ -4,6 +4,8 @@ from pathlib import Path
 from textwrap import dedent
 
 NETS = '''
+import os
+
 import torch
 from torch import nn
 
@@ -30,6 +32,10 @@ def features_of(input_shape):
 
 
 def wide(input_shape, num_classes, width=64):
+    builds = os.environ.get("MYPLUG_BUILDS")
+    if builds:  # which processes built this model, and with what: the tests read it
+        with open(builds, "a") as fh:
+            fh.write(f"{os.getpid()} {list(input_shape)} {num_classes} {width}\\n")
     return Wide(features_of(input_shape), num_classes, width)
 
 

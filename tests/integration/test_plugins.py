@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from textwrap import dedent
 
 import numpy as np
 import pytest
@@ -60,9 +61,11 @@ def ray_tmp():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def codistill(*args, plugins, cwd, ray_tmp=None):
+def codistill(*args, plugins, cwd, ray_tmp=None, builds=None):
     # The package reaches the driver and (inherited by a local Ray) the regions through PYTHONPATH.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))}
+    if builds is not None:
+        env["MYPLUG_BUILDS"] = str(builds)
     if ray_tmp is not None:
         env["RAY_TMPDIR"] = str(ray_tmp)
     return subprocess.run([sys.executable, "-m", "codistill", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
@@ -71,8 +74,9 @@ def codistill(*args, plugins, cwd, ray_tmp=None):
 def test_a_user_model_and_loader_co_distil_through_ray_and_grpc(user_project, tmp_path):
     plugins, config, work = user_project
     out = tmp_path / "out"
+    builds = tmp_path / "builds.txt"
     res = codistill("run", str(config), "--compare", "independent", "--quiet", "--out", str(out),
-                    plugins=plugins, cwd=work)
+                    plugins=plugins, cwd=work, builds=builds)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "local Ray at 127.0.0.1:" in res.stdout
     doc = json.loads((out / "results.json").read_text())
@@ -84,6 +88,11 @@ def test_a_user_model_and_loader_co_distil_through_ray_and_grpc(user_project, tm
     assert doc["dataset"]["test"] == 300 and doc["dataset"]["train"] == 1200
     assert all(len(r["per_class_recall"]) == 4 for r in co["regions"])
     assert co["bytes_sent"] > 0 and ind["bytes_sent"] == 0
+    # The factory ran with the dataset's shape, its classes and model_args: once in the driver's dry
+    # run, then in each of its two regions of both strategies, in Ray's worker processes.
+    built = [line.split(" ", 1) for line in builds.read_text().splitlines()]
+    assert {rest for _, rest in built} == {"[16] 4 48"} and len(built) == 5, built
+    assert len({pid for pid, _ in built}) >= 3, built
     # Same split and seeds: only the exchange differs, and it helps the user's model and the MLP alike.
     assert co["mean_test_accuracy"] > ind["mean_test_accuracy"] + 0.05, (co["mean_test_accuracy"], ind["mean_test_accuracy"])
     for arch in ("mlp", "myplug.nets:wide"):
@@ -184,3 +193,31 @@ def test_an_npz_dataset_runs_with_its_class_names(user_project, tmp_path):
     assert doc["dataset"]["train"] == 200 and doc["dataset"]["test"] == 50
     assert {r["arch"] for r in doc["regions"]} == {"myplug.nets:wide"}
     assert all(len(r["per_class_recall"]) == 3 for r in doc["regions"])
+
+
+def test_the_runtime_env_of_a_local_ray_carries_the_drivers_sys_path(tmp_path):
+    """A package the driver found only through sys.path (no PYTHONPATH, not the current folder) imports in a worker."""
+    plugins = write_plugin_package(tmp_path / "plugins")
+    script = tmp_path / "driver.py"
+    script.write_text(dedent(f"""
+        import sys
+        sys.path.insert(0, {str(plugins)!r})
+        import ray
+        from codistill import config, plugins
+
+        ray.init(num_cpus=1, include_dashboard=False, configure_logging=False,
+                 runtime_env=plugins.runtime_env(config.RunConfig(), local=True))
+
+        @ray.remote
+        def build():
+            from myplug.nets import wide
+            return type(wide((16,), 4)).__name__
+
+        print(ray.get(build.remote(), timeout=120))
+    """))
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run([sys.executable, str(script)], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "Wide"

@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# Debian packages the integration tests use (a real Prometheus server, promtool).
-APT_PACKAGES := prometheus
+# Debian packages the integration tests use: a real Prometheus server and promtool, and the
+# Fashion-MNIST files the examples run on (nothing downloads at test time).
+APT_PACKAGES := prometheus dataset-fashion-mnist
 
 .PHONY: install quickstart test test-unit proto system-deps clean
 
@@ -18,7 +19,7 @@ quickstart: install
 	$(BIN)/codistill run configs/quickstart.yaml --compare independent
 
 system-deps:
-	@if ! command -v promtool >/dev/null 2>&1; then \
+	@if ! command -v promtool >/dev/null 2>&1 || [ ! -d /usr/share/datasets/fashion-mnist ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	fi
 

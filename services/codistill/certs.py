@@ -18,11 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from codistill.errors import CertsError
 from codistill.region.security import TLS_SERVER_NAME, region_common_name, region_uri
-
-
-class CertsError(ValueError):
-    pass
 
 
 def _name(cn: str) -> x509.Name:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-class PartitionError(ValueError):
-    pass
+from codistill.errors import PartitionError
 
 
 def iid(labels: np.ndarray, n_regions: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import ray
 import torch
 
+from codistill import plugins
 from codistill.config import RunConfig
 from codistill.data import Split
 from codistill.errors import RegionError
@@ -110,7 +111,8 @@ def ensure_ray(cfg: RunConfig, address: str | None) -> bool:
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address.startswith(LOOPBACK)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    runtime_env = cfg.ray.runtime_env or None  # how user code reaches the workers on a cluster
+    # How user code reaches the workers: ray.runtime_env on a cluster; locally also the driver's sys.path.
+    runtime_env = plugins.runtime_env(cfg, local=not address) or None
     if address:
         ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env)
         return False

@@ -58,7 +58,7 @@ def check_security(cfg: RunConfig) -> None:
     cfg.security.resolved_token()
     if cfg.security.tls_dir:
         for region in range(cfg.regions.count):
-            TlsFiles.load(cfg.security.tls_dir, region)
+            TlsFiles.load(cfg.security.tls_dir, region, cfg.regions.count)
 
 
 def prepare(cfg: RunConfig) -> data.Split:

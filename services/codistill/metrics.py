@@ -3,6 +3,7 @@
 Each region owns a private registry served on its own free port, so many
 regions share a node and no state is global. Names follow Prometheus
 conventions (base units, `_total` counters); labels are bounded: `run`,
+`strategy` (one per --compare entry, so strategies of one run stay apart),
 `region`, `peer` (ids bounded by the run size) and `reason` (a fixed enum).
 """
 
@@ -63,12 +64,12 @@ class _Served:
 
 
 class RegionMetrics(_Served):
-    def __init__(self, run_id: str, region: int):
+    def __init__(self, run_id: str, strategy: str, region: int):
         super().__init__()
         r = self.registry
-        base = ["run", "region"]
+        base = ["run", "strategy", "region"]
         peer = base + ["peer"]
-        self._labels = {"run": run_id, "region": str(region)}
+        self._labels = {"run": run_id, "strategy": strategy, "region": str(region)}
         self._lock = threading.Lock()
         self.steps = Counter("codistill_steps_total", "Training steps taken.", base, registry=r)
         self.loss_supervised = Gauge("codistill_loss_supervised", "Cross-entropy on the labeled batch (nats).", base, registry=r)
@@ -91,6 +92,10 @@ class RegionMetrics(_Served):
         self.reachable = Gauge("codistill_reachable_peers", "Peers the last publish reached.", base, registry=r)
         self._seen_received: dict[int, tuple[int, int]] = {}
         self._seen_rejections: dict[str, int] = {}
+
+    def restarted(self, times: int) -> None:
+        """Count the crashes this region was restored from before it started again."""
+        self.restarts.labels(**self._labels).inc(times)
 
     def _l(self, **extra: str):
         return {**self._labels, **extra}
@@ -155,16 +160,17 @@ class RegionMetrics(_Served):
 class RunMetrics(_Served):
     """Run-level series computed by the driver from all regions' evaluations."""
 
-    def __init__(self, run_id: str):
+    def __init__(self, run_id: str, strategy: str):
         super().__init__()
-        self.run_id = run_id
-        self.disagreement = Gauge("codistill_disagreement_ratio", "Mean pairwise share of test examples on which two regions' predictions differ.", ["run"], registry=self.registry)
-        self.ensemble = Gauge("codistill_ensemble_accuracy_ratio", "Test accuracy of the average of all regions' predictions.", ["run"], registry=self.registry)
-        self.mean_accuracy = Gauge("codistill_mean_test_accuracy_ratio", "Mean test accuracy over regions.", ["run"], registry=self.registry)
-        self.converged = Gauge("codistill_converged", "1 once disagreement stayed under the threshold for the configured number of evaluations.", ["run"], registry=self.registry)
+        self._labels = {"run": run_id, "strategy": strategy}
+        run = list(self._labels)
+        self.disagreement = Gauge("codistill_disagreement_ratio", "Mean pairwise share of test examples on which two regions' predictions differ.", run, registry=self.registry)
+        self.ensemble = Gauge("codistill_ensemble_accuracy_ratio", "Test accuracy of the average of all regions' predictions.", run, registry=self.registry)
+        self.mean_accuracy = Gauge("codistill_mean_test_accuracy_ratio", "Mean test accuracy over regions.", run, registry=self.registry)
+        self.converged = Gauge("codistill_converged", "1 once disagreement stayed under the threshold for the configured number of evaluations.", run, registry=self.registry)
 
     def update(self, disagreement: float, ensemble: float, mean_accuracy: float, converged: bool) -> None:
-        self.disagreement.labels(run=self.run_id).set(disagreement)
-        self.ensemble.labels(run=self.run_id).set(ensemble)
-        self.mean_accuracy.labels(run=self.run_id).set(mean_accuracy)
-        self.converged.labels(run=self.run_id).set(1 if converged else 0)
+        self.disagreement.labels(**self._labels).set(disagreement)
+        self.ensemble.labels(**self._labels).set(ensemble)
+        self.mean_accuracy.labels(**self._labels).set(mean_accuracy)
+        self.converged.labels(**self._labels).set(1 if converged else 0)

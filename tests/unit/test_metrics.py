@@ -6,7 +6,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from codistill.launch.monitor import ConvergenceTracker, pairwise_disagreement
-from codistill.metrics import RegionMetrics
+from codistill.metrics import RegionMetrics, RunMetrics
 from codistill.region.inbox import PeerInbox
 from codistill.region.messages import MessageRejected, PredictionBatch, Rejection
 
@@ -39,7 +39,7 @@ def _scrape(metrics: RegionMetrics) -> dict:
 @pytest.fixture
 def fed_metrics():
     """Metrics of region 0 after real inbox traffic, including hostile free text."""
-    m = RegionMetrics("run-a", 0)
+    m = RegionMetrics("run-a", "codistill", 0)
     inbox = PeerInbox("run-a", [1, 2], num_classes=3, transfer_size=10, version_lead=2)
     m.declare([1, 2], [1, 2], [r.value for r in Rejection])
     good = PredictionBatch("run-a", 1, 0, 0, torch.arange(3), 2.0, torch.full((3, 3), 1 / 3))
@@ -71,6 +71,7 @@ def test_names_and_types(fed_metrics):
 def test_label_values_are_bounded_never_peer_text(fed_metrics):
     allowed = {
         "run": {"run-a"},
+        "strategy": {"codistill"},
         "region": {"0"},
         "peer": {"1", "2"},
         "reason": {r.value for r in Rejection},
@@ -113,3 +114,28 @@ def test_pairwise_disagreement_and_convergence():
     assert pairwise_disagreement([a]) == 0.0
     t = ConvergenceTracker(threshold=0.1, patience=2)
     assert [t.update(x) for x in (0.05, 0.2, 0.05, 0.04, 0.5)] == [False, False, False, True, True]
+
+
+def _labels_of(registry) -> list[dict]:
+    families = text_string_to_metric_families(generate_latest(registry).decode())
+    return [s.labels for f in families if f.name.startswith("codistill_") for s in f.samples]
+
+
+def test_every_region_series_names_its_strategy(fed_metrics):
+    fed_metrics.restarted(2)
+    labels = _labels_of(fed_metrics.registry)
+    assert labels and all(l.get("strategy") == "codistill" for l in labels)
+
+
+def test_run_series_of_two_strategies_stay_apart():
+    """Two strategies of one run (--compare) publish the same names; only `strategy` tells them apart."""
+    series = {}
+    for strategy, disagreement in (("codistill", 0.10), ("independent", 0.66)):
+        m = RunMetrics("run-a", strategy)
+        m.update(disagreement, 0.8, 0.7, False)
+        for f in text_string_to_metric_families(generate_latest(m.registry).decode()):
+            for s in f.samples:
+                series[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    disagreement = {dict(k[1])["strategy"]: v for k, v in series.items() if k[0] == "codistill_disagreement_ratio"}
+    assert disagreement == {"codistill": 0.10, "independent": 0.66}
+    assert len(series) == 8  # four run-level series per strategy, none shared

@@ -126,9 +126,10 @@ def run_strategy(
         base = Path(cfg.fault.checkpoint_dir) if cfg.fault.checkpoint_dir else (out_dir / "checkpoints" if out_dir else None)
         checkpoints = base / strategy if base else None
     start = time.perf_counter()
-    runner = _runner(cfg, split, strategy, run_id, address, announce, checkpoints)
+    # The regions read cfg.strategy for their metrics' `strategy` label (--compare runs several on one run id).
+    runner = _runner(cfg.model_copy(update={"strategy": strategy}), split, strategy, run_id, address, announce, checkpoints)
     sd_folder = out_dir / "prometheus" if out_dir is not None else None
-    monitor = RunMonitor(cfg.monitor, run_id, split.dataset.test.y, len(runner.plans), runner.host, sd_folder, announce)
+    monitor = RunMonitor(cfg.monitor, run_id, strategy, split.dataset.test.y, len(runner.plans), runner.host, sd_folder, announce)
     results = supervise(runner, monitor, on_progress, cfg.monitor.linger_s)
     return StrategyResult(
         strategy,

@@ -52,6 +52,7 @@ class RunMonitor:
         self,
         cfg: MonitorConfig,
         run_id: str,
+        strategy: str,
         y_test: np.ndarray,
         n_regions: int,
         serve_host: str | None,
@@ -59,6 +60,7 @@ class RunMonitor:
         announce=None,
     ):
         self.cfg = cfg
+        self.strategy = strategy
         self.sd_folder = sd_folder
         self._announce = announce
         self.targets: dict[int, str] = {}
@@ -70,7 +72,7 @@ class RunMonitor:
         self.counts = [0] * n_regions
         self.evaluations = 0
         self.records: list[RunEvent] = []
-        self.metrics = RunMetrics(run_id) if cfg.metrics and serve_host else None
+        self.metrics = RunMetrics(run_id, strategy) if cfg.metrics and serve_host else None
         self.address = None
         if self.metrics is not None:
             port = self.metrics.serve(serve_host)
@@ -109,8 +111,8 @@ class RunMonitor:
             return
         first = not self.targets
         self.targets = dict(region_targets)
-        sd = write_service_discovery(self.sd_folder, region_targets, self.address)
-        prom = write_prometheus_config(self.sd_folder, sd)
+        sd = write_service_discovery(self.sd_folder, self.strategy, region_targets, self.address)
+        prom = write_prometheus_config(self.sd_folder, self.sd_folder / TARGETS_GLOB)
         if self._announce:
             listing = ", ".join(f"{rid}={addr}" for rid, addr in sorted(region_targets.items()))
             if first:
@@ -128,16 +130,25 @@ class RunMonitor:
             self.metrics.close()
 
 
-def write_service_discovery(folder: Path, region_targets: dict[int, str], driver_target: str | None) -> Path:
-    """Write a Prometheus file_sd targets file (atomically) and return its path."""
+# One file_sd file per strategy, so a --compare run's later strategy never
+# overwrites the earlier one's targets; prometheus.yml reads them all by glob.
+TARGETS_GLOB = "targets-*.json"
+
+
+def targets_file(folder: Path, strategy: str) -> Path:
+    return folder / TARGETS_GLOB.replace("*", strategy)
+
+
+def write_service_discovery(folder: Path, strategy: str, region_targets: dict[int, str], driver_target: str | None) -> Path:
+    """Write `strategy`'s Prometheus file_sd targets file (atomically) and return its path."""
     folder.mkdir(parents=True, exist_ok=True)
     groups = [
-        {"targets": [addr], "labels": {"role": "region"}}
+        {"targets": [addr], "labels": {"role": "region", "strategy": strategy}}
         for rid, addr in sorted(region_targets.items())
     ]
     if driver_target:
-        groups.append({"targets": [driver_target], "labels": {"role": "driver"}})
-    return write_json(folder / "targets.json", groups)
+        groups.append({"targets": [driver_target], "labels": {"role": "driver", "strategy": strategy}})
+    return write_json(targets_file(folder, strategy), groups)
 
 
 def prometheus_command(config: Path) -> str:
@@ -146,13 +157,16 @@ def prometheus_command(config: Path) -> str:
     return f"prometheus --config.file={config} --web.listen-address=127.0.0.1:9090 --storage.tsdb.path={data}"
 
 
-PROMETHEUS_TEMPLATE = """# Scrapes one codistill run through its file_sd targets file.
+PROMETHEUS_TEMPLATE = """# Scrapes one codistill run through its file_sd targets files, one per strategy.
 # Run: {command}
 global:
   scrape_interval: {interval}
   evaluation_interval: {interval}
 scrape_configs:
   - job_name: codistill
+    # Series carry their own run/strategy labels; honouring them keeps the
+    # targets' equal `strategy` label from adding an `exported_strategy` copy.
+    honor_labels: true
     file_sd_configs:
       - files: ['{targets}']
         refresh_interval: 5s
@@ -160,6 +174,7 @@ scrape_configs:
 
 
 def write_prometheus_config(folder: Path, targets: Path, interval: str = "5s") -> Path:
+    """prometheus.yml in `folder`, reading the file_sd file (or glob of files) `targets`."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "prometheus.yml"
     path.write_text(PROMETHEUS_TEMPLATE.format(command=prometheus_command(path.resolve()), interval=interval, targets=targets.resolve()))

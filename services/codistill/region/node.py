@@ -83,10 +83,11 @@ class RegionNode:
         self._server.set_serving(True)
         self.address = _join(host, self._server.port)
         if self.cfg.monitor.metrics:
-            self.metrics = RegionMetrics(self.run_id, self.id)
+            # cfg.strategy is the strategy these regions run (the driver sets it per --compare entry).
+            self.metrics = RegionMetrics(self.run_id, self.cfg.strategy, self.id)
             self.metrics_address = _join(host, self.metrics.serve(host))
             if self.restarts:
-                self.metrics.restarts.labels(run=self.run_id, region=str(self.id)).inc(self.restarts)
+                self.metrics.restarted(self.restarts)
         return self.address
 
     def prepare(self, sources: list[int]) -> PeerInbox:

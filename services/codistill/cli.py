@@ -5,7 +5,7 @@
   codistill bench SUITE.yaml [--out DIR] [--seeds N] [--report FILE] [--cached-only]
   codistill certs DIR --regions N
 
-Exit codes: 0 success, 1 a run failed, 2 bad input (nothing was started).
+Exit codes: 0 success, 1 a run failed, 2 bad input (nothing was started), 130 stopped by Ctrl-C.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from codistill.errors import ConfigError, RegionError, UserError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_STOPPED = 130  # 128 + SIGINT, as shells report it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -129,7 +131,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         highlight=False,
     )
     live = None if args.quiet else LiveProgress(console)
-    failure = None
+    failure, stopped = None, False
     try:
         doc = driver.run(
             cfg, out, compare=compare, address=args.address,
@@ -138,9 +140,13 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         )
     except RegionError as exc:
         failure = str(exc)
+    except KeyboardInterrupt:  # the driver stopped and drained the regions; their checkpoints stay
+        stopped = True
     finally:
         if live:
             live.close()
+    if stopped:
+        return _stopped(console, out)
     if failure:
         return _fail(console, failure, EXIT_FAILED)
     console.print(results_table(doc))
@@ -148,7 +154,25 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _stopped(console: Console, out: Path) -> int:
+    """One line: how to continue the run (or that none had started)."""
+    if _is_run_folder(out):
+        line = f"codistill: stopped; continue with: codistill run --resume {shlex.quote(str(out))}"
+    else:
+        line = "codistill: stopped before the run started"
+    console.print(escape(line), highlight=False, soft_wrap=True)
+    return EXIT_STOPPED
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C outside a run (loading data, Ray starting, a report): no traceback
+        print("codistill: stopped", file=sys.stderr)
+        return EXIT_STOPPED
+
+
+def _main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     console = Console()

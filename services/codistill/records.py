@@ -224,9 +224,11 @@ class StrategyResult:
     strategy: str
     regions: tuple[RegionResult, ...]
     ensemble_test_accuracy: float
-    wall_seconds: float
+    wall_seconds: float  # training, every invocation together (a resumed run adds the time before it stopped)
     transport: str
     ensemble_validation_accuracy: float = float("nan")
+    wall_seconds_this_run: float | None = None  # training in this invocation (None: the same as wall_seconds)
+    linger_seconds: float = 0.0  # endpoints kept up after training (monitor.linger_s), not in the figures above
 
     @property
     def mean_test_accuracy(self) -> float:
@@ -254,6 +256,8 @@ class StrategyResult:
             "bytes_sent": int(sum(r.bytes_sent for r in self.regions)),
             "bytes_received": int(sum(r.bytes_received for r in self.regions)),
             "wall_seconds": self.wall_seconds,
+            "wall_seconds_this_run": self.wall_seconds if self.wall_seconds_this_run is None else self.wall_seconds_this_run,
+            "linger_seconds": self.linger_seconds,
             "regions": [r.to_json() for r in self.regions],
         }
 
@@ -283,9 +287,15 @@ class RunState:
     run_id: str
     strategies: tuple[str, ...]
     done: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Training seconds an unfinished strategy spent in invocations that were stopped.
+    spent: dict[str, float] = field(default_factory=dict)
 
     def finished(self, strategy: str, summary: dict[str, Any]) -> RunState:
-        return replace(self, done={**self.done, strategy: summary})
+        return replace(self, done={**self.done, strategy: summary}, spent={k: v for k, v in self.spent.items() if k != strategy})
+
+    def stopped(self, strategy: str, seconds: float) -> RunState:
+        """`strategy` was interrupted after training `seconds` in this invocation."""
+        return replace(self, spent={**self.spent, strategy: self.spent.get(strategy, 0.0) + seconds})
 
     @property
     def pending(self) -> list[str]:
@@ -296,8 +306,9 @@ class RunState:
         return {s: self.done[s] for s in self.strategies if s in self.done}
 
     def to_json(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "strategies": list(self.strategies), "done": dict(self.done)}
+        return {"run_id": self.run_id, "strategies": list(self.strategies), "done": dict(self.done), "spent": dict(self.spent)}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> RunState:
-        return cls(str(doc["run_id"]), tuple(doc["strategies"]), dict(doc.get("done", {})))
+        spent = {str(k): float(v) for k, v in doc.get("spent", {}).items()}
+        return cls(str(doc["run_id"]), tuple(doc["strategies"]), dict(doc.get("done", {})), spent)

@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -23,6 +24,7 @@ from codistill.errors import ResumeError
 from codistill.launch.loopback import keep_local_ray_on_loopback
 from codistill.launch.monitor import RunMonitor, ensemble_accuracy
 from codistill.launch.plan import plan_regions
+from codistill.region import checkpoint
 from codistill.records import DatasetInfo, ProgressSnapshot, RegionPlan, RegionResult, RunEvent, RunState, StrategyResult, write_json
 
 STATE_FILE = "state.json"
@@ -31,6 +33,25 @@ POLL_S = 0.5
 RETARGET_EVERY = 10
 
 Progress = Callable[[list[ProgressSnapshot], list[RunEvent]], None]
+# How long a stopping run may take to drain its regions after Ctrl-C before the driver gives up on them.
+DRAIN_S = 60.0
+
+
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C stopped a strategy after `seconds` of training; its regions were stopped and drained."""
+
+    def __init__(self, seconds: float):
+        super().__init__(seconds)
+        self.seconds = seconds
+
+
+@dataclass(frozen=True)
+class Supervised:
+    """A strategy's region results, with its training time apart from the time its endpoints were kept up."""
+
+    results: list[RegionResult]
+    train_seconds: float
+    linger_seconds: float
 
 
 class Runner(Protocol):
@@ -52,34 +73,81 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
-def supervise(runner: Runner, monitor: RunMonitor, on_progress: Progress | None, linger_s: float = 0.0) -> list[RegionResult]:
+def supervise(
+    runner: Runner, monitor: RunMonitor, on_progress: Progress | None, linger_s: float = 0.0,
+    announce: Callable[[str], None] | None = None,
+) -> Supervised:
     """Start the regions, watch them until every one has finished, and return their results.
 
     Stops them early once the monitor says the run converged (monitor.stop_when_converged).
+    On Ctrl-C, stops the regions, waits for them to drain and raises Stopped.
     """
+    start = time.perf_counter()
     try:
-        runner.start()
-        monitor.set_targets(runner.metrics_targets())
-        stopping, polls = False, 0
-        while True:
-            snapshots, done = runner.poll(POLL_S)
-            if monitor.observe(snapshots) and not stopping:
-                stopping = True
-                runner.stop()
-            polls += 1
-            if polls % RETARGET_EVERY == 0:  # a restarted region serves metrics on a new port
-                monitor.set_targets(runner.metrics_targets())
-            if on_progress:
-                on_progress(snapshots, monitor.drain())
-            if done:
-                break
-        results = runner.results()
-        if linger_s and runner.host is not None:  # keep the endpoints up for a last scrape
-            time.sleep(linger_s)
-        return results
+        try:
+            results = _watch(runner, monitor, on_progress)
+        except KeyboardInterrupt:
+            _drain(runner, monitor, on_progress)
+            raise Stopped(time.perf_counter() - start) from None
+        train_seconds = time.perf_counter() - start
+        lingered = _linger(linger_s, train_seconds, announce) if runner.host is not None else 0.0
+        return Supervised(results, train_seconds, lingered)
     finally:
         monitor.close()
         runner.close()
+
+
+def _watch(runner: Runner, monitor: RunMonitor, on_progress: Progress | None) -> list[RegionResult]:
+    """Start the regions and poll them until every one has finished; stop them once the run converged."""
+    runner.start()
+    monitor.set_targets(runner.metrics_targets())
+    stopping, polls = False, 0
+    while True:
+        snapshots, done = runner.poll(POLL_S)
+        if monitor.observe(snapshots) and not stopping:
+            stopping = True
+            runner.stop()
+        polls += 1
+        if polls % RETARGET_EVERY == 0:  # a restarted region serves metrics on a new port
+            monitor.set_targets(runner.metrics_targets())
+        if on_progress:
+            on_progress(snapshots, monitor.drain())
+        if done:
+            break
+    return runner.results()
+
+
+def _drain(runner: Runner, monitor: RunMonitor, on_progress: Progress | None) -> None:
+    """Stop every region at its next step and wait (bounded) until each has finished.
+
+    What they report meanwhile is still recorded: --resume continues the series from it."""
+    runner.stop()
+    deadline = time.monotonic() + DRAIN_S
+    try:
+        done = False
+        while time.monotonic() < deadline and not done:
+            snapshots, done = runner.poll(POLL_S)
+            monitor.observe(snapshots)
+            if on_progress:
+                on_progress(snapshots, monitor.drain())
+    except KeyboardInterrupt:  # a second Ctrl-C: stop waiting, close at once
+        pass
+
+
+def _linger(linger_s: float, train_seconds: float, announce: Callable[[str], None] | None) -> float:
+    """Keep the endpoints up for a last scrape, saying so; Ctrl-C ends it early. Returns the seconds kept."""
+    if not linger_s:
+        return 0.0
+    until = time.strftime("%H:%M:%S", time.localtime(time.time() + linger_s))
+    if announce:
+        announce(f"training done in {train_seconds:.1f} s; metrics endpoints kept up {linger_s:g} s more, "
+                 f"until {until} (monitor.linger_s; Ctrl-C ends it)")
+    start = time.perf_counter()
+    try:
+        time.sleep(linger_s)
+    except KeyboardInterrupt:  # the results are in: ending the wait early loses nothing
+        pass
+    return time.perf_counter() - start
 
 
 def new_run_id(name: str) -> str:
@@ -120,25 +188,58 @@ def run_strategy(
     on_progress: Progress | None = None,
     out_dir: Path | None = None,
     announce: Callable[[str], None] | None = None,
+    spent_s: float = 0.0,
 ) -> StrategyResult:
-    checkpoints = None
-    if cfg.fault.checkpoint_every:
-        base = Path(cfg.fault.checkpoint_dir) if cfg.fault.checkpoint_dir else (out_dir / "checkpoints" if out_dir else None)
-        checkpoints = base / strategy if base else None
-    start = time.perf_counter()
+    """One strategy's regions, run to the end; `spent_s`: its training seconds in earlier, stopped invocations."""
+    checkpoints = checkpoint_folder(cfg, out_dir, strategy)
     # The regions read cfg.strategy for their metrics' `strategy` label (--compare runs several on one run id).
     runner = _runner(cfg.model_copy(update={"strategy": strategy}), split, strategy, run_id, address, announce, checkpoints)
     sd_folder = out_dir / "prometheus" if out_dir is not None else None
     monitor = RunMonitor(cfg.monitor, run_id, strategy, split.dataset.test.y, len(runner.plans), runner.host, sd_folder, announce)
-    results = supervise(runner, monitor, on_progress, cfg.monitor.linger_s)
+    done = supervise(runner, monitor, on_progress, cfg.monitor.linger_s, announce)
+    results = done.results
     return StrategyResult(
         strategy,
         tuple(results),
         ensemble_accuracy([r.test_probs for r in results], split.dataset.test.y),
-        time.perf_counter() - start,
+        spent_s + done.train_seconds,
         cfg.exchange.transport,
         ensemble_accuracy([r.validation_probs for r in results], split.dataset.train.y[split.validation]),
+        wall_seconds_this_run=done.train_seconds,
+        linger_seconds=done.linger_seconds,
     )
+
+
+def checkpoint_folder(cfg: RunConfig, out_dir: Path | None, strategy: str) -> Path | None:
+    """Where a strategy's regions keep their checkpoints (one folder each inside); None: they keep none."""
+    if not cfg.fault.checkpoint_every:
+        return None
+    base = Path(cfg.fault.checkpoint_dir) if cfg.fault.checkpoint_dir else (out_dir / "checkpoints" if out_dir else None)
+    return base / strategy if base else None
+
+
+def _align_resume(cfg: RunConfig, out_dir: Path, strategy: str) -> int:
+    """Before resuming `strategy`: every region at one common checkpoint step, metrics.jsonl cut back to it.
+
+    Returns how many run-level evaluations of `strategy` metrics.jsonl keeps (the resumed ones number on from there).
+    """
+    folder = checkpoint_folder(cfg, out_dir, strategy)
+    step = checkpoint.align([folder / f"region-{i}" for i in range(cfg.regions.count)]) if folder else 0
+    path = out_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    kept, evaluations = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by the stop
+            continue
+        if rec.get("strategy") == strategy and rec.get("step", 0) > step:
+            continue  # redone after the resume: kept once, from the resumed run
+        evaluations += rec.get("strategy") == strategy and rec.get("kind") == "run"
+        kept.append(line + "\n")
+    path.write_text("".join(kept))
+    return evaluations
 
 
 def dataset_info(split: Split) -> DatasetInfo:
@@ -198,19 +299,31 @@ def run(
     split = split or prepare(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = load_state(out_dir) if resume else _start(cfg, out_dir, compare)
+    offset = _align_resume(cfg, out_dir, state.pending[0]) if resume and state.pending else 0
     with open(out_dir / "metrics.jsonl", "a" if resume else "w") as metrics:
         for strategy in state.pending:
 
-            def progress(snapshots: list[ProgressSnapshot], run_records: list[RunEvent], strategy: str = strategy) -> None:
-                for rec in [r for snap in snapshots for r in snap.records] + run_records:
+            def progress(
+                snapshots: list[ProgressSnapshot], run_records: list[RunEvent], strategy: str = strategy, offset: int = offset,
+            ) -> None:
+                for rec in [r for snap in snapshots for r in snap.records]:
                     metrics.write(json.dumps({"strategy": strategy, **rec.to_json()}) + "\n")
+                for rec in run_records:  # a resumed run's evaluations number on from those kept
+                    doc = rec.to_json()
+                    metrics.write(json.dumps({"strategy": strategy, **doc, "evaluation": doc["evaluation"] + offset}) + "\n")
                 metrics.flush()
                 if on_progress:
                     on_progress(strategy, snapshots)
 
-            result = run_strategy(
-                cfg, split, strategy, state.run_id, address=address, on_progress=progress, out_dir=out_dir, announce=announce
-            )
+            try:
+                result = run_strategy(
+                    cfg, split, strategy, state.run_id, address=address, on_progress=progress, out_dir=out_dir,
+                    announce=announce, spent_s=state.spent.get(strategy, 0.0),
+                )
+            except Stopped as stopped:  # what --resume needs to count this invocation's time
+                write_json(out_dir / STATE_FILE, state.stopped(strategy, stopped.seconds).to_json())
+                raise
+            offset = 0
             state = state.finished(strategy, result.to_json())
             write_json(out_dir / STATE_FILE, state.to_json())
             # A strategy that fails later must not cost the results of those that finished.

@@ -27,7 +27,11 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def save(folder: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
+# Enough that, when a run stops, every region still holds a step they all reached (see `align`).
+KEEP = 3
+
+
+def save(folder: Path, step: int, state: dict[str, Any], keep: int = KEEP) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".step-*.tmp"):  # left by a writer that died mid-write
         if not stale.name.endswith(f".{os.getpid()}.tmp"):
@@ -52,6 +56,30 @@ def checkpoints(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if _NAME.match(p.name))
+
+
+def step_of(path: Path) -> int:
+    match = _NAME.match(path.name)
+    assert match, path
+    return int(match.group(1))
+
+
+def align(folders: list[Path]) -> int:
+    """Make every region resume from the same step: the newest one all of `folders` hold a checkpoint of.
+
+    Regions stop a step or a round apart; resuming each from its own newest
+    checkpoint would replay rounds some peers already counted. Newer
+    checkpoints are removed; with no common step, all are (a fresh start).
+    Returns the step the regions will resume from (0: the beginning).
+    """
+    held = [{step_of(p) for p in checkpoints(f)} for f in folders]
+    common = set.intersection(*held) if held else set()
+    step = max(common, default=0)
+    for folder in folders:
+        for path in checkpoints(folder):
+            if step_of(path) > step:
+                path.unlink()
+    return step
 
 
 def load_latest(folder: Path) -> dict[str, Any] | None:

@@ -65,9 +65,10 @@ class RegionLoop:
             self.metrics.step(outcome.loss_supervised, outcome.loss_distill)
             self.stats.observe(outcome)
             self.exchange.after_step(step + 1)
-            self._checkpoint(step + 1)
             if (step + 1) % self.cfg.train.eval_every == 0 or step + 1 == self.steps:
                 self._evaluate(step + 1)
+            # After the evaluation: a run resumed from this step has its curve up to and with it.
+            self._checkpoint(step + 1)
         return self._finish(start)
 
     def stop(self) -> None:

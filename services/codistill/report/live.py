@@ -97,7 +97,15 @@ def results_table(doc: dict) -> Table:
         ("ensemble", "ensemble_test_accuracy", lambda v: f"{v:.3f}"),
         ("bytes sent", "bytes_sent", human_bytes),
         ("bytes received", "bytes_received", human_bytes),
-        ("wall time", "wall_seconds", lambda v: f"{v:.1f} s"),
+        ("wall time, training", "wall_seconds", lambda v: f"{v:.1f} s"),
     ):
         table.add_row(label, *[fmt(r[key]) for r in runs.values()], style="bold" if key == "mean_test_accuracy" else None)
+    for label, key, shown in (
+        # A resumed run: the total above counts every invocation; this one's own share apart.
+        ("  of it, this invocation", "wall_seconds_this_run", lambda r: r.get("wall_seconds_this_run", r["wall_seconds"]) != r["wall_seconds"]),
+        # monitor.linger_s: time the endpoints were kept up after training, not training time.
+        ("endpoints kept up after", "linger_seconds", lambda r: r.get("linger_seconds", 0) > 0),
+    ):
+        if any(shown(r) for r in runs.values()):
+            table.add_row(label, *[f"{r.get(key, 0.0):.1f} s" for r in runs.values()])
     return table

@@ -1,0 +1,86 @@
+"""Ctrl-C during `codistill run`, then `--resume`: a clean stop, one line, and a finished run like an uninterrupted one."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+STEPS, EVERY = 1500, 50  # train.steps, fault.checkpoint_every
+TINY = [
+    "--quiet", "--set", "data.dataset=synthetic", "--set", "data.synthetic_samples=1200", "--set", "data.transfer_size=300",
+    "--set", "data.test_size=300", "--set", "regions.count=3", "--set", "regions.hidden=[32]",
+    "--set", f"train.steps={STEPS}", "--set", f"train.eval_every={EVERY}", "--set", "distill.burn_in=20",
+    "--set", "exchange.publish_interval=10", "--set", "exchange.transport=inprocess", "--set", "exchange.mode=sync",
+    "--set", "monitor.metrics=false", "--set", f"fault.checkpoint_every={EVERY}",
+]
+pytestmark = pytest.mark.integration
+
+
+def codistill(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "codistill", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def interrupt_mid_run(out: Path, cwd: Path) -> tuple[int, str]:
+    """Start a run, send SIGINT once every region holds two checkpoints, and return (exit code, output)."""
+    proc = subprocess.Popen([sys.executable, "-m", "codistill", "run", QUICKSTART, *TINY, "--out", str(out)], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    folders = [out / "checkpoints" / "codistill" / f"region-{i}" for i in range(3)]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if all(len(list(f.glob("step-*.pt"))) >= 2 for f in folders):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    return proc.returncode, output
+
+
+def test_ctrl_c_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path):
+    out = tmp_path / "stopped"
+    code, output = interrupt_mid_run(out, tmp_path)
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == 130, output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    assert lines[-1] == f"codistill: stopped; continue with: codistill run --resume {out}", lines
+    assert sum("--resume" in line for line in lines) == 1, lines
+    assert not (out / "results.json").exists()  # it did stop mid-run
+    state = json.loads((out / "state.json").read_text())
+    before = state["spent"]["codistill"]
+    assert before > 0
+
+    res = codistill("run", "--resume", str(out), "--quiet", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    resumed = json.loads((out / "results.json").read_text())
+    res = codistill("run", QUICKSTART, *TINY, "--out", str(tmp_path / "whole"), cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+
+    # Every region came back from one and the same checkpoint step.
+    froms = {r["resumed_from"] for r in resumed["regions"]}
+    assert len(froms) == 1 and 0 < froms.pop() < STEPS, [r["resumed_from"] for r in resumed["regions"]]
+    for r, w in zip(resumed["regions"], whole["regions"]):
+        assert r["steps"] == w["steps"] == STEPS
+        per_interval = w["bytes_sent"] * EVERY / STEPS
+        assert abs(r["bytes_sent"] - w["bytes_sent"]) <= per_interval, (r["bytes_sent"], w["bytes_sent"])
+        assert abs(r["bytes_received"] - w["bytes_received"]) <= per_interval, (r["bytes_received"], w["bytes_received"])
+        assert [s for s, _ in r["curve"]] == [s for s, _ in w["curve"]]
+        assert max(abs(a - b) for (_, a), (_, b) in zip(r["curve"], w["curve"])) <= 0.05
+    # Wall time says what it covers: every invocation together, and this one alone.
+    assert resumed["wall_seconds"] == pytest.approx(before + resumed["wall_seconds_this_run"])
+    assert resumed["wall_seconds_this_run"] < resumed["wall_seconds"]
+
+    # The run-level series goes on where it stopped: each evaluation once, in order, every step of the whole run.
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    runs = [r for r in records if r["kind"] == "run"]
+    whole_runs = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    whole_runs = [r for r in whole_runs if r["kind"] == "run"]
+    assert [(r["evaluation"], r["step"]) for r in runs] == [(r["evaluation"], r["step"]) for r in whole_runs]
+    evals = [(r["region"], r["step"]) for r in records if r["kind"] == "eval"]
+    assert len(evals) == len(set(evals)) == 3 * (STEPS // EVERY)

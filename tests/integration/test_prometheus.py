@@ -1,7 +1,9 @@
-"""A real co-distillation run scraped by a real Prometheus server.
+"""A real `--compare independent` run scraped by a real Prometheus server.
 
-Every PromQL expression of the Grafana dashboard is read from its JSON and
-must return data, so a new panel is covered without touching this test.
+Both strategies share one run id; their series must stay apart by the
+`strategy` label, each with its own targets file. Every PromQL expression of
+the Grafana dashboard is read from its JSON and must return data, so a new
+panel is covered without touching this test.
 """
 
 import json
@@ -15,9 +17,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from codistill.launch import driver
-from codistill.launch.monitor import write_prometheus_config
+from codistill.launch.monitor import TARGETS_GLOB, targets_file, write_prometheus_config
 from tests.conftest import make_tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,8 +41,10 @@ def dashboard_exprs() -> list[str]:
     return exprs
 
 
-def concrete(expr: str) -> str:
-    return expr.replace("$__rate_interval", "10s").replace("$run", ".+").replace("$region", ".+")
+def concrete(expr: str, strategy: str) -> str:
+    return (
+        expr.replace("$__rate_interval", "10s").replace("$run", ".+").replace("$region", ".+").replace("$strategy", strategy)
+    )
 
 
 def free_port() -> int:
@@ -68,28 +73,19 @@ def wait_for(predicate, timeout_s: float, what: str):
     raise AssertionError(f"timed out waiting for {what}: {last}")
 
 
-@pytest.fixture(scope="module")
-def live_run(local_ray, tmp_path_factory):
-    cfg = make_tiny_cfg()
-    cfg.exchange.transport = "grpc"
-    cfg.train.steps = 600
-    cfg.train.eval_every = 20
-    cfg.monitor.linger_s = 25
-    out = tmp_path_factory.mktemp("live") / "run"
-    box = {}
-    thread = threading.Thread(target=lambda: box.setdefault("doc", driver.run(cfg, out)), daemon=True)
-    thread.start()
-    targets = wait_for(lambda: (out / "prometheus" / "targets.json").exists() and out / "prometheus" / "targets.json", 60, "file_sd")
-    yield out, targets, cfg
-    thread.join(180)
-    assert "doc" in box, "the run did not finish"
+STRATEGIES = ("codistill", "independent")  # cfg.strategy, then --compare independent
+
+
+def parse_scrape(body: bytes) -> list[tuple[str, dict]]:
+    return [(s.name, s.labels) for f in text_string_to_metric_families(body.decode()) for s in f.samples]
 
 
 @pytest.fixture(scope="module")
-def prometheus(live_run, tmp_path_factory):
+def prometheus(tmp_path_factory):
+    """A real Prometheus reading the run's targets-*.json glob, started before any strategy's file exists."""
     tmp_path = tmp_path_factory.mktemp("prometheus")
-    out, targets, _ = live_run
-    config = write_prometheus_config(tmp_path / "prom", targets, interval="1s")
+    out = tmp_path_factory.mktemp("live") / "run"
+    config = write_prometheus_config(tmp_path / "prom", out / "prometheus" / TARGETS_GLOB, interval="1s")
     check = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     port = free_port()
@@ -101,50 +97,104 @@ def prometheus(live_run, tmp_path_factory):
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: urllib.request.urlopen(f"{base}/-/ready", timeout=2).status == 200, 30, "prometheus ready")
-        yield base
+        yield base, out
     finally:
         proc.terminate()
         proc.wait(10)
 
 
-def test_dashboard_queries_return_data_from_a_live_run(live_run, prometheus):
-    out, targets, cfg = live_run
-    n_targets = len(json.loads(targets.read_text()))
-    assert n_targets == cfg.regions.count + 1  # every region and the driver
+@pytest.fixture(scope="module")
+def live_run(local_ray, prometheus):
+    """`codistill run --compare independent`: two strategies, one after the other, on one run id."""
+    _, out = prometheus
+    cfg = make_tiny_cfg()
+    cfg.exchange.transport = "grpc"
+    cfg.train.steps = 600
+    cfg.train.eval_every = 20
+    cfg.monitor.linger_s = 25  # each strategy's endpoints outlive it long enough to be scraped and checked
+    box = {}
+    thread = threading.Thread(
+        target=lambda: box.setdefault("doc", driver.run(cfg, out, compare=["independent"])), daemon=True
+    )
+    thread.start()
+    t0 = time.time()
+
+    def finished() -> dict:
+        thread.join(240)
+        assert "doc" in box, "the run did not finish"
+        return box["doc"]
+
+    yield out, cfg, t0, finished
+
+
+def watch_strategy(base: str, out: Path, strategy: str) -> list[str]:
+    """While `strategy` runs: its own targets file, every target up in Prometheus, every scraped series labeled with it."""
+    sd = targets_file(out / "prometheus", strategy)
+    groups = wait_for(lambda: sd.exists() and json.loads(sd.read_text()), 120, sd.name)
+    assert {g["labels"]["strategy"] for g in groups} == {strategy}, groups
+    addresses = [a for g in groups for a in g["targets"]]
 
     def all_up():
-        active = api(prometheus, "targets")["data"]["activeTargets"]
-        return len(active) == n_targets and all(t["health"] == "up" for t in active)
+        mine = [t for t in api(base, "targets")["data"]["activeTargets"] if t["labels"].get("strategy") == strategy]
+        return len(mine) == len(addresses) and all(t["health"] == "up" for t in mine)
 
-    wait_for(all_up, 60, "every target up")
-
-    missing = {}
-    for expr in dashboard_exprs():
-        q = concrete(expr)
-        try:
-            wait_for(lambda: api(prometheus, "query", query=q)["data"]["result"], 40, q)
-        except AssertionError:
-            missing[expr] = api(prometheus, "query", query=q)
-    assert not missing, f"dashboard expressions without data: {list(missing)}"
-
-    # Every region's attention over its peers is a distribution.
-    sums = api(prometheus, "query", query="sum by (region) (codistill_attention_weight)")["data"]["result"]
-    assert {s["metric"]["region"] for s in sums} == {str(i) for i in range(cfg.regions.count)}
-    for s in sums:
-        assert abs(float(s["value"][1]) - 1.0) < 0.02, s
-
-    # Each region received from each of its peers.
-    received = api(prometheus, "query", query="codistill_messages_received_total > 0")["data"]["result"]
-    assert len(received) == cfg.regions.count * (cfg.regions.count - 1)
-
-
-def test_promtool_accepts_a_real_scrape(live_run):
-    _, targets, _ = live_run
-    addresses = [a for group in json.loads(targets.read_text()) for a in group["targets"]]
+    wait_for(all_up, 60, f"every {strategy} target up")
     for address in addresses:
         body = wait_for(lambda: urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read(), 30, address)
         res = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True)
         assert res.returncode == 0 and not res.stdout.strip() and not res.stderr.strip(), res.stdout + res.stderr
+        # The endpoint itself names the strategy; not only the label Prometheus attaches from file_sd.
+        series = [(name, labels) for name, labels in parse_scrape(body) if name.startswith("codistill_")]
+        assert series and all(labels.get("strategy") == strategy for _, labels in series), (address, series[:3])
+    return addresses
+
+
+def series_over(base: str, query: str, t0: float) -> list[dict]:
+    """Every series `query` had between t0 and now (a finished strategy's series are stale at 'now')."""
+    return api(base, "query_range", query=query, start=t0, end=time.time(), step="1s")["data"]["result"]
+
+
+def test_compared_strategies_are_apart_by_label_in_a_live_prometheus(live_run, prometheus):
+    base, _ = prometheus
+    out, cfg, t0, finished = live_run
+    addresses = {s: watch_strategy(base, out, s) for s in STRATEGIES}
+    assert len(addresses["codistill"]) == cfg.regions.count + 1  # every region and the driver
+    assert set(addresses["codistill"]).isdisjoint(addresses["independent"])
+    finished()
+
+    # One run id, two strategies: the run-level series stay two lines, told apart by `strategy` alone.
+    disagreement = series_over(base, "codistill_disagreement_ratio", t0)
+    assert sorted(s["metric"]["strategy"] for s in disagreement) == sorted(STRATEGIES), disagreement
+    assert len({s["metric"]["run"] for s in disagreement}) == 1
+    assert not [s for s in disagreement if "exported_strategy" in s["metric"]]
+    # Each line ends on its own strategy's last evaluation (metrics.jsonl), not the other's.
+    last = {}
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["kind"] == "run":
+            last[rec["strategy"]] = rec["disagreement"]
+    for s in disagreement:
+        assert float(s["values"][-1][1]) == pytest.approx(last[s["metric"]["strategy"]]), (s["metric"], last)
+
+    steps = series_over(base, "count by (strategy) (codistill_steps_total)", t0)
+    # The most at once: the regions of a finished strategy go stale one by one as they close.
+    assert {s["metric"]["strategy"]: max(int(float(v)) for _, v in s["values"]) for s in steps} == dict.fromkeys(STRATEGIES, cfg.regions.count)
+    up = series_over(base, "count by (strategy) (up)", t0)
+    assert {s["metric"]["strategy"] for s in up} == set(STRATEGIES)
+
+    # Every dashboard panel has data for the exchanging strategy, selected through $strategy.
+    missing = [expr for expr in dashboard_exprs() if not series_over(base, concrete(expr, "codistill"), t0)]
+    assert not missing, f"dashboard expressions without data: {missing}"
+
+    # Every codistill region's attention over its peers is a distribution; independent regions listen to no one.
+    sums = series_over(base, "sum by (strategy, region) (codistill_attention_weight)", t0)
+    assert {(s["metric"]["strategy"], s["metric"]["region"]) for s in sums} == {("codistill", str(i)) for i in range(cfg.regions.count)}
+    for s in sums:
+        assert abs(float(s["values"][-1][1]) - 1.0) < 0.02, s
+
+    # Each codistill region received from each of its peers.
+    received = series_over(base, 'codistill_messages_received_total{strategy="codistill"} > 0', t0)
+    assert len(received) == cfg.regions.count * (cfg.regions.count - 1)
 
 
 def test_deploy_prometheus_config_is_valid():

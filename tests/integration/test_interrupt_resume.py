@@ -55,6 +55,10 @@ def test_ctrl_c_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path):
     before = state["spent"]["codistill"]
     assert before > 0
 
+    # As when a region was one interval behind its peers when the run stopped: its newest checkpoint is older.
+    behind = sorted((out / "checkpoints" / "codistill" / "region-0").glob("step-*.pt"))
+    behind[-1].unlink()
+    common = int(behind[-2].name[5:14])
     res = codistill("run", "--resume", str(out), "--quiet", cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     resumed = json.loads((out / "results.json").read_text())
@@ -63,8 +67,7 @@ def test_ctrl_c_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path):
     whole = json.loads((tmp_path / "whole" / "results.json").read_text())
 
     # Every region came back from one and the same checkpoint step.
-    froms = {r["resumed_from"] for r in resumed["regions"]}
-    assert len(froms) == 1 and 0 < froms.pop() < STEPS, [r["resumed_from"] for r in resumed["regions"]]
+    assert [r["resumed_from"] for r in resumed["regions"]] == [common] * 3
     for r, w in zip(resumed["regions"], whole["regions"]):
         assert r["steps"] == w["steps"] == STEPS
         per_interval = w["bytes_sent"] * EVERY / STEPS

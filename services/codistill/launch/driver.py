@@ -9,6 +9,7 @@ final evaluations.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -27,6 +28,7 @@ from codistill.launch.plan import plan_regions
 from codistill.region import checkpoint
 from codistill.records import DatasetInfo, ProgressSnapshot, RegionPlan, RegionResult, RunEvent, RunState, StrategyResult, write_json
 
+log = logging.getLogger(__name__)
 STATE_FILE = "state.json"
 # How often the driver looks at the regions, and how many looks between re-reading where they serve metrics.
 POLL_S = 0.5
@@ -121,9 +123,9 @@ def _drain(runner: Runner, monitor: RunMonitor, on_progress: Progress | None) ->
     """Stop every region at its next step and wait (bounded) until each has finished.
 
     What they report meanwhile is still recorded: --resume continues the series from it."""
-    runner.stop()
     deadline = time.monotonic() + DRAIN_S
     try:
+        runner.stop()
         done = False
         while time.monotonic() < deadline and not done:
             snapshots, done = runner.poll(POLL_S)
@@ -132,6 +134,8 @@ def _drain(runner: Runner, monitor: RunMonitor, on_progress: Progress | None) ->
                 on_progress(snapshots, monitor.drain())
     except KeyboardInterrupt:  # a second Ctrl-C: stop waiting, close at once
         pass
+    except Exception as exc:  # a region that fails while stopping (e.g. its worker got the Ctrl-C too): its checkpoints stay
+        log.warning("while stopping: %s", " ".join(str(exc).splitlines()))
 
 
 def _linger(linger_s: float, train_seconds: float, announce: Callable[[str], None] | None) -> float:

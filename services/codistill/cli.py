@@ -15,6 +15,7 @@ import logging
 import os
 import shlex
 import sys
+from typing import NoReturn
 from pathlib import Path
 
 from rich.console import Console
@@ -154,14 +155,19 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _stopped(console: Console, out: Path) -> int:
+def _stopped(console: Console, out: Path) -> NoReturn:
     """One line: how to continue the run (or that none had started)."""
     if _is_run_folder(out):
         line = f"codistill: stopped; continue with: codistill run --resume {shlex.quote(str(out))}"
     else:
         line = "codistill: stopped before the run started"
     console.print(escape(line), highlight=False, soft_wrap=True)
-    return EXIT_STOPPED
+    console.file.flush()
+    sys.stderr.flush()
+    # Everything the run needs to resume is on disk by now. Interpreter teardown after an
+    # interrupt can abort in native threads still winding down (exit -6 instead of 130), so
+    # leave with the promised code at once.
+    os._exit(EXIT_STOPPED)
 
 
 def main(argv: list[str] | None = None) -> int:

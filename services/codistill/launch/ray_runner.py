@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import uuid
 import warnings
 from pathlib import Path
 
@@ -37,6 +38,14 @@ class RegionDirectory:
     def __init__(self):
         self.addresses: dict[int, str] = {}
         self.metrics: dict[int, str] = {}
+        self.data: dict[int, list] = {}
+
+    def share(self, region: int, arrays: list) -> None:
+        """References to a region's arrays (nested, so they stay references), for every start of it."""
+        self.data[region] = arrays
+
+    def arrays(self, region: int) -> list:
+        return self.data[region]
 
     def register(self, region: int, address: str, metrics_address: str | None) -> None:
         self.addresses[region] = address
@@ -57,9 +66,15 @@ class RegionActor:
     crash; then `run` (retried by Ray) resumes from the region's checkpoint.
     """
 
-    def __init__(self, cfg: RunConfig, run_id: str, plan: RegionPlan, host: str | None, directory, checkpoint_dir: Path | None, hub, *arrays):
-        # Arrays arrive as top-level arguments so Ray resolves the shared ObjectRefs.
-        data = RegionData(*arrays)
+    def __init__(self, cfg: RunConfig, run_id: str, plan: RegionPlan, host: str | None, names: tuple[str, str | None], checkpoint_dir: Path | None):
+        # No constructor argument is an object-store reference or an actor handle: Ray cannot promise
+        # those to a restarted actor. The run's directory and hub are found by name, and the region
+        # fetches its arrays from the directory, which holds them for the whole run, so a region
+        # Ray restarts after a crash gets the very same objects.
+        directory = ray.get_actor(names[0])
+        hub = ray.get_actor(names[1]) if names[1] else None
+        arrays = ray.get(directory.arrays.remote(plan.id)) + []
+        data = RegionData(*ray.get(arrays[:5]), arrays[5], *ray.get(arrays[6:]))
         torch.set_num_threads(cfg.regions.torch_threads)
         self.directory = directory
         with warnings.catch_warnings():  # the property warns about an unrelated deprecation
@@ -144,14 +159,18 @@ class RayRunner:
             max_restarts=restarts,
             max_task_retries=restarts,  # run() resumes from the checkpoint on the restarted actor
         )
-        self.directory = ray.remote(RegionDirectory).options(num_cpus=0).remote()
-        hub = None
+        tag = f"codistill-{self.run_id}-{cfg.strategy}-{uuid.uuid4().hex[:8]}"
+        self.directory = ray.remote(RegionDirectory).options(num_cpus=0, name=f"{tag}-directory").remote()
+        hub, hub_name = None, None
         if any(p.role is Role.WEIGHTS for p in self.plans):
             sizes = [len(p.labeled) for p in self.plans]
-            hub = ray.remote(WeightAverager).options(num_cpus=0, max_concurrency=len(self.plans) + 2).remote(sizes)
-        for p, arrays in zip(self.plans, self._arrays()):
+            hub_name = f"{tag}-hub"
+            hub = ray.remote(WeightAverager).options(num_cpus=0, max_concurrency=len(self.plans) + 2, name=hub_name).remote(sizes)
+        self._hub = hub  # named actors live while a handle does
+        ray.get([self.directory.share.remote(p.id, arrays) for p, arrays in zip(self.plans, self._arrays())])
+        for p in self.plans:
             folder = self.checkpoints / f"region-{p.id}" if self.checkpoints else None
-            self.actors.append(remote.remote(cfg, self.run_id, p, self.bind, self.directory, folder, hub, *arrays))
+            self.actors.append(remote.remote(cfg, self.run_id, p, self.bind, (f"{tag}-directory", hub_name), folder))
         _gather([a.ready.remote() for a in self.actors], self.plans)
         self._pending = {a.run.remote(): i for i, a in enumerate(self.actors)}
 
@@ -164,7 +183,9 @@ class RayRunner:
         out = []
         for p in self.plans:
             d = region_data(self.split, p)
-            out.append((d.x_labeled, d.y_labeled, transfer, x_test, y_test, d.num_classes, x_val, y_val))
+            own = [ray.put(d.x_labeled), ray.put(d.y_labeled)]
+            self._shared += own
+            out.append([*own, transfer, x_test, y_test, d.num_classes, x_val, y_val])
         return out
 
     def poll(self, timeout_s: float) -> tuple[list[ProgressSnapshot], bool]:

@@ -22,6 +22,7 @@ from codistill import config as config_mod
 from codistill.config import RunConfig
 from codistill.data import Split, load_dataset, make_split
 from codistill.errors import ResumeError
+from codistill.launch.interrupt import Interrupts, deferred_interrupts
 from codistill.launch.loopback import keep_local_ray_on_loopback
 from codistill.launch.monitor import RunMonitor, ensemble_accuracy
 from codistill.launch.plan import plan_regions
@@ -87,7 +88,8 @@ def supervise(
     start = time.perf_counter()
     try:
         try:
-            results = _watch(runner, monitor, on_progress)
+            with deferred_interrupts() as interrupts:
+                results = _watch(runner, monitor, on_progress, interrupts)
         except KeyboardInterrupt:
             _drain(runner, monitor, on_progress)
             raise Stopped(time.perf_counter() - start) from None
@@ -99,12 +101,15 @@ def supervise(
         runner.close()
 
 
-def _watch(runner: Runner, monitor: RunMonitor, on_progress: Progress | None) -> list[RegionResult]:
-    """Start the regions and poll them until every one has finished; stop them once the run converged."""
+def _watch(runner: Runner, monitor: RunMonitor, on_progress: Progress | None, interrupts: Interrupts) -> list[RegionResult]:
+    """Start the regions and poll them until every one has finished; stop them once the run converged.
+
+    A Ctrl-C pressed meanwhile surfaces here, as KeyboardInterrupt, at the next poll."""
     runner.start()
     monitor.set_targets(runner.metrics_targets())
     stopping, polls = False, 0
     while True:
+        interrupts.check()
         snapshots, done = runner.poll(POLL_S)
         if monitor.observe(snapshots) and not stopping:
             stopping = True

@@ -122,6 +122,27 @@ DatasetName = Annotated[str, MaxLen(300), AfterValidator(_builtin_or_import_path
 PluginArgs = Annotated[dict[str, Any], AfterValidator(_plain_data)]
 
 
+def _port_range(value: str) -> str:
+    # "50100-50199": the ports an operator opens between nodes; checked here, parsed by port_range().
+    lo, sep, hi = value.partition("-")
+    if not (sep and lo.strip().isdigit() and hi.strip().isdigit()):
+        raise PydanticCustomError("port_range", "expected LOW-HIGH, e.g. 50100-50199")
+    if not 1024 <= int(lo) <= int(hi) <= 65535:
+        raise PydanticCustomError("port_range", "expected 1024 <= LOW <= HIGH <= 65535")
+    return value
+
+
+PortRange = Annotated[str, MaxLen(20), AfterValidator(_port_range)]
+
+
+def port_range(value: str | None) -> tuple[int, int] | None:
+    """(low, high) of a validated PortRange; None for any free port."""
+    if value is None:
+        return None
+    lo, _, hi = value.partition("-")
+    return int(lo), int(hi)
+
+
 class _Strict(BaseModel):
     # allow_inf_nan=False: inf/NaN in any float (a rate, a temperature, a timeout) would hang a
     # wait or poison training, so finiteness is every float field's default.
@@ -190,6 +211,11 @@ class RegionsConfig(_Strict):
     # One intra-op thread per region keeps N regions from fighting over cores; at most 256,
     # since torch starts every one of them.
     torch_threads: Int = Field(1, ge=1, le=256)
+    # Where Ray puts regions: spread over nodes, pack onto as few as possible, or auto
+    # (spread when joining a cluster, Ray's default on a local one).
+    placement: Literal["auto", "spread", "pack"] = "auto"
+    # Regions pinned to machines by custom resource or node label; the others follow `placement`.
+    pins: list[PinConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _models_length(self) -> RegionsConfig:
@@ -199,6 +225,22 @@ class RegionsConfig(_Strict):
 
     def architecture(self, region: int) -> str:
         return self.models[region] if self.models else self.model
+
+
+class PinConfig(_Strict):
+    """One region pinned to machines: the custom resources (`ray start --resources`) or node labels it needs."""
+
+    region: Int = Field(ge=0)
+    resources: dict[Annotated[str, MaxLen(100)], Real] = Field(default_factory=dict)
+    labels: dict[Annotated[str, MaxLen(100)], Annotated[str, MaxLen(200)]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _something_to_pin(self) -> PinConfig:
+        if not self.resources and not self.labels:
+            raise ValueError(f"regions.pins: region {self.region} names no resources or labels")
+        if any(v <= 0 for v in self.resources.values()):
+            raise ValueError(f"regions.pins: region {self.region} asks for a resource amount <= 0")
+        return self
 
 
 class TrainConfig(_Strict):
@@ -273,6 +315,12 @@ class ExchangeConfig(_Strict):
     average_optimizer: Literal["fresh", "keep"] = "fresh"
     # Interface regions bind; auto = loopback for a local Ray, the node address on a cluster.
     host: str = "auto"
+    # Ports regions serve gRPC on, e.g. "50100-50199" (the ones to open between nodes); None = any free port.
+    port_range: PortRange | None = None
+    # How predictions travel: float16 = the dense tensor (in `dtype`); topk = the `topk` largest
+    # probabilities per row with their classes; uint8 = every probability in 8 bits.
+    encoding: Literal["float16", "topk", "uint8"] = "float16"
+    topk: Int = Field(3, ge=1, le=1000)
 
 
 class MonitorConfig(_Strict):
@@ -286,6 +334,8 @@ class MonitorConfig(_Strict):
     stop_when_converged: bool = False
     # Keep /metrics up this long after training so the final values get scraped (at most a day).
     linger_s: Real = Field(0.0, ge=0, le=DAY_S)
+    # Ports regions serve /metrics on, e.g. "50200-50299"; None = any free port.
+    port_range: PortRange | None = None
 
 
 class FaultConfig(_Strict):
@@ -359,6 +409,10 @@ class RunConfig(_Strict):
     # Seeds numpy and torch, which take neither negative nor arbitrarily large seeds.
     seed: Int = Field(0, ge=0)
     strategy: Strategy = "codistill"
+    # Where checkpoints, metrics.jsonl and results.json are kept, besides --out: a path every node
+    # reaches (a shared mount) or a URI (file://, s3://, gs://, through pyarrow.fs). None = --out,
+    # which on a cluster must itself be shared for a region restarted elsewhere to find its checkpoints.
+    storage: Annotated[str, MaxLen(1000)] | None = None
     data: DataConfig = Field(default_factory=DataConfig)
     regions: RegionsConfig = Field(default_factory=RegionsConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -394,6 +448,12 @@ class RunConfig(_Strict):
             raise ValueError(f"chaos names regions {excerpt(bad)} outside 0..{n - 1}")
         if self.strategy == "fedavg" and self.regions.models and len(set(self.regions.models)) > 1:
             raise ValueError("strategy fedavg averages weights and needs one architecture; regions.models mixes several")
+        bad = [pin.region for pin in self.regions.pins if not 0 <= pin.region < n]
+        if bad:
+            raise ValueError(f"regions.pins names regions {excerpt(bad)} outside 0..{n - 1}")
+        pinned = [pin.region for pin in self.regions.pins]
+        if len(pinned) != len(set(pinned)):
+            raise ValueError("regions.pins names a region twice")
         if self.exchange.topology == "random-k" and n > 1 and self.exchange.k > n - 1:
             raise ValueError(f"exchange.k={self.exchange.k} exceeds the {n - 1} other regions")
         return self

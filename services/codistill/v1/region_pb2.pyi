@@ -67,7 +67,7 @@ class PeerStatus(_message.Message):
     def __init__(self, peer_id: _Optional[int] = ..., last_version: _Optional[int] = ..., messages_received: _Optional[int] = ..., bytes_received: _Optional[int] = ...) -> None: ...
 
 class RegionStatus(_message.Message):
-    __slots__ = ("run_id", "region_id", "state", "step", "version", "test_accuracy", "bytes_sent", "bytes_received", "peers")
+    __slots__ = ("run_id", "region_id", "state", "step", "version", "test_accuracy", "bytes_sent", "bytes_received", "peers", "node_id", "address")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     REGION_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,8 @@ class RegionStatus(_message.Message):
     BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
     BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     region_id: int
     state: str
@@ -86,4 +88,6 @@ class RegionStatus(_message.Message):
     bytes_sent: int
     bytes_received: int
     peers: _containers.RepeatedCompositeFieldContainer[PeerStatus]
-    def __init__(self, run_id: _Optional[str] = ..., region_id: _Optional[int] = ..., state: _Optional[str] = ..., step: _Optional[int] = ..., version: _Optional[int] = ..., test_accuracy: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ...) -> None: ...
+    node_id: str
+    address: str
+    def __init__(self, run_id: _Optional[str] = ..., region_id: _Optional[int] = ..., state: _Optional[str] = ..., step: _Optional[int] = ..., version: _Optional[int] = ..., test_accuracy: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...

@@ -91,3 +91,6 @@ class RegionStatus:
     bytes_sent: int
     bytes_received: int
     peers: dict[int, PeerCounters]
+    # The Ray node hosting the region ("" outside Ray) and the address it serves gRPC on.
+    node_id: str = ""
+    address: str = ""

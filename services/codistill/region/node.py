@@ -7,6 +7,7 @@ region can be reached and wired before it trains.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Callable
 
@@ -34,6 +35,15 @@ def _join(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def ray_node_id() -> str:
+    """The Ray node this process runs on; "" outside a Ray worker or driver."""
+    if "ray" not in sys.modules:  # never imported: not under Ray, and not worth importing to find out
+        return ""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
 class RegionNode:
     def __init__(
         self, region_id: int, cfg: RunConfig, data: RegionData, *, run_id: str, steps: int | None = None, restarts: int = 0,
@@ -53,6 +63,7 @@ class RegionNode:
         self._secret = sec.resolved_token()  # the run's secret; each region presents a token derived from it
         self._tls = TlsFiles.load(sec.tls_dir, region_id) if sec.tls_dir else None
         self.unauthenticated = 0
+        self.node_id = ray_node_id()
 
     @property
     def max_message_bytes(self) -> int:
@@ -164,4 +175,6 @@ class RegionNode:
             bytes_sent=live.bytes_sent,
             bytes_received=inbox.bytes_received() if inbox else 0,
             peers=dict(inbox.counters) if inbox else {},
+            node_id=self.node_id,
+            address=self.address or "",
         )

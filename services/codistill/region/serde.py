@@ -128,6 +128,8 @@ def status_to_proto(status: RegionStatus) -> pb.RegionStatus:
             pb.PeerStatus(peer_id=p, last_version=c.last_version, messages_received=c.messages, bytes_received=c.bytes)
             for p, c in sorted(status.peers.items())
         ],
+        node_id=status.node_id,
+        address=status.address,
     )
 
 
@@ -142,6 +144,8 @@ def status_from_proto(msg: pb.RegionStatus) -> RegionStatus:
         bytes_sent=msg.bytes_sent,
         bytes_received=msg.bytes_received,
         peers={p.peer_id: PeerCounters(p.last_version, p.messages_received, p.bytes_received) for p in msg.peers},
+        node_id=msg.node_id,
+        address=msg.address,
     )
 
 

@@ -7,8 +7,10 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
+from codistill import storage
 from codistill.region import checkpoint
 
 WRITER = """
@@ -16,6 +18,7 @@ import sys, torch
 from pathlib import Path
 from codistill.region import checkpoint
 folder = Path(sys.argv[1])
+print("ready", flush=True)
 step = 0
 while True:
     step += 1
@@ -23,17 +26,38 @@ while True:
 """
 
 
-def test_save_and_load_latest(tmp_path):
+# The same folder named three ways: a Path, a str, a file:// URI.
+FOLDER_FORMS = [lambda p: p, str, lambda p: f"file://{p}", storage.location]
+
+
+@pytest.mark.parametrize("form", FOLDER_FORMS, ids=["path", "str", "file-uri", "location"])
+def test_save_and_load_latest(tmp_path, form):
+    folder = form(tmp_path / "region-0")
     for step in (10, 20, 30, 40):
-        checkpoint.save(tmp_path, step, {"x": torch.tensor([step])})
+        saved = checkpoint.save(folder, step, {"x": torch.tensor([step])})
+        assert saved == tmp_path / "region-0" / f"step-{step:09d}.pt" and saved.is_file()
     # The newest KEEP (3) stay: enough for --resume to find a step every region still holds.
-    assert [p.name for p in checkpoint.checkpoints(tmp_path)] == ["step-000000020.pt", "step-000000030.pt", "step-000000040.pt"]
-    state = checkpoint.load_latest(tmp_path)
+    names = ["step-000000020.pt", "step-000000030.pt", "step-000000040.pt"]
+    assert [p.name for p in checkpoint.checkpoints(folder)] == names
+    assert [checkpoint.step_of(p) for p in checkpoint.checkpoints(folder)] == [20, 30, 40]
+    assert sorted(os.listdir(tmp_path / "region-0")) == names  # where the folder points, no tmp file left
+    state = checkpoint.load_latest(folder)
     assert state["step"] == 40 and state["x"].item() == 40
+
+
+def test_tmp_files_of_dead_writers_are_removed(tmp_path):
+    dead = tmp_path / ".step-000000005.pt.999999999.tmp"
+    dead.write_bytes(b"half a checkpoint")
+    other = tmp_path / "notes.txt"
+    other.write_text("not ours")
+    checkpoint.save(tmp_path, 10, {})
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt", "step-000000010.pt"]
 
 
 def test_missing_folder_has_no_checkpoint(tmp_path):
     assert checkpoint.load_latest(tmp_path / "none") is None
+    assert checkpoint.load_latest(f"file://{tmp_path}/none") is None
+    assert checkpoint.checkpoints(f"file://{tmp_path}/none") == []
 
 
 def test_a_damaged_newest_file_falls_back(tmp_path):
@@ -47,14 +71,19 @@ def test_writes_killed_at_random_points_always_leave_a_loadable_checkpoint(tmp_p
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     last_step = 0
     for trial in range(8):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], env=env)
-        time.sleep(1.5 + rng.random())  # import time plus a random point inside a write
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], env=env, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline() == "ready\n"  # imported (slow on a busy machine): writes start now
+        time.sleep(0.05 + 0.3 * rng.random())  # a random point inside one of the next writes
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        proc.stdout.close()
+        # No final name ever holds a torn file: each is the payload written for its step, whole.
+        for path in checkpoint.checkpoints(tmp_path):
+            state = torch.load(path, weights_only=False)
+            assert torch.equal(state["weights"], torch.full((200_000,), float(checkpoint.step_of(path))))
         state = checkpoint.load_latest(tmp_path)
         if state is None:
+            assert last_step == 0, "a completed checkpoint was lost"
             continue
-        # The payload is the one written for that step, whole.
-        assert torch.equal(state["weights"], torch.full((200_000,), float(state["step"])))
         last_step = max(last_step, state["step"])
     assert last_step > 0, "the writer never completed a checkpoint"

@@ -1,9 +1,15 @@
 """Atomic checkpoints of a region: model, optimizer, step, RNG and peer versions.
 
-A checkpoint is written to a temporary file in the same folder, fsynced,
-renamed over its final name, and the folder is fsynced, so a crash at any
-point leaves either the previous checkpoint or the new one, never a torn file.
-Older checkpoints beyond `keep` are pruned only after the new one is durable.
+A region's folder is a local path, a shared mount or a URI (codistill.storage).
+Locally a checkpoint is written to a temporary file in the same folder,
+fsynced, renamed over its final name, and the folder is fsynced, so a crash at
+any point leaves either the previous checkpoint or the new one, never a torn
+file. In an object store the final name is written directly: one upload is
+visible whole or not at all. Either way, older checkpoints beyond `keep` are
+pruned only after the new one is written.
+
+Functions take a folder as a `Path`, a `str` or a `Location`. A checkpoint is
+named by a `Path` when its folder is local and by a `Location` otherwise.
 """
 
 from __future__ import annotations
@@ -16,55 +22,47 @@ from typing import Any
 
 import torch
 
+from codistill import storage
+from codistill.storage import Location
+
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
+# Left by a writer that died mid-write: storage writes a local NAME through .NAME.PID.tmp first.
+_TMP = re.compile(r"^\.step-\d{9}\.pt\.\d+\.tmp$")
 
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
+Folder = Path | str | Location
+Checkpoint = Path | Location
 
 # Enough that, when a run stops, every region still holds a step they all reached (see `align`).
 KEEP = 3
 
 
-def save(folder: Path, step: int, state: dict[str, Any], keep: int = KEEP) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(".step-*.tmp"):  # left by a writer that died mid-write
-        if not stale.name.endswith(f".{os.getpid()}.tmp"):
-            stale.unlink(missing_ok=True)
-    final = folder / f"step-{step:09d}.pt"
-    tmp = folder / f".step-{step:09d}.pt.{os.getpid()}.tmp"
+def save(folder: Folder, step: int, state: dict[str, Any], keep: int = KEEP) -> Checkpoint:
+    loc = storage.location(folder)
+    if loc.is_local:
+        _remove_stale_tmp(loc)
     buffer = io.BytesIO()
     torch.save({"step": step, **state}, buffer)
-    with open(tmp, "wb") as fh:
-        fh.write(buffer.getvalue())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    _fsync_dir(folder)
-    for old in checkpoints(folder)[:-keep]:
-        old.unlink(missing_ok=True)
-    return final
+    final = loc.child(f"step-{step:09d}.pt")
+    storage.write_bytes(final, buffer.getvalue())
+    for old in checkpoints(loc)[:-keep]:
+        _delete(old)
+    return _named(final)
 
 
-def checkpoints(folder: Path) -> list[Path]:
+def checkpoints(folder: Folder) -> list[Checkpoint]:
     """Complete checkpoints, oldest first (temporary files are ignored)."""
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if _NAME.match(p.name))
+    loc = storage.location(folder)
+    return [_named(loc.child(name)) for name in sorted(storage.list_names(loc)) if _NAME.match(name)]
 
 
-def step_of(path: Path) -> int:
-    match = _NAME.match(path.name)
+def step_of(path: Checkpoint | str) -> int:
+    name = path.name if isinstance(path, (Path, Location)) else storage.location(path).name
+    match = _NAME.match(name)
     assert match, path
     return int(match.group(1))
 
 
-def align(folders: list[Path]) -> int:
+def align(folders: list[Folder]) -> int:
     """Make every region resume from the same step: the newest one all of `folders` hold a checkpoint of.
 
     Regions stop a step or a round apart; resuming each from its own newest
@@ -78,15 +76,35 @@ def align(folders: list[Path]) -> int:
     for folder in folders:
         for path in checkpoints(folder):
             if step_of(path) > step:
-                path.unlink()
+                _delete(path)
     return step
 
 
-def load_latest(folder: Path) -> dict[str, Any] | None:
+def load_latest(folder: Folder) -> dict[str, Any] | None:
     """The newest checkpoint that loads; None when there is none."""
     for path in reversed(checkpoints(folder)):
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception:  # a damaged file (e.g. disk error): fall back to the previous one
+            return torch.load(_source(path), map_location="cpu", weights_only=False)
+        except Exception:  # a damaged file (e.g. disk error) or one pruned meanwhile: fall back to the previous one
             continue
     return None
+
+
+def _named(loc: Location) -> Checkpoint:
+    return loc.path if loc.is_local else loc
+
+
+def _source(path: Checkpoint) -> Path | io.BytesIO:
+    return path if isinstance(path, Path) else io.BytesIO(storage.read_bytes(path))
+
+
+def _delete(path: Checkpoint) -> None:
+    storage.delete(storage.location(path))
+
+
+def _remove_stale_tmp(loc: Location) -> None:
+    """Remove the temporary files of writers that died mid-write (never this process's own)."""
+    own = f".{os.getpid()}.tmp"
+    for name in storage.list_names(loc):
+        if _TMP.match(name) and not name.endswith(own):
+            (loc.path / name).unlink(missing_ok=True)

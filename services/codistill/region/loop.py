@@ -24,6 +24,7 @@ from codistill.region.journal import Journal, Live
 from codistill.region.learner import Learner
 from codistill.region.messages import RegionState
 from codistill.region.stats import ConsensusStats
+from codistill.storage import Location
 
 
 def peak_rss_bytes() -> int:
@@ -37,7 +38,7 @@ class RegionLoop:
     def __init__(
         self, region: int, cfg: RunConfig, steps: int, learner: Learner, exchange: Exchange, inbox: PeerInbox | None,
         metrics: MetricsSink, *, live: Live | None = None, journal: Journal | None = None, stopped: threading.Event | None = None,
-        checkpoint_dir: Path | None = None, restarts: int = 0,
+        checkpoint_dir: Path | Location | None = None, restarts: int = 0,
     ):
         self.id, self.cfg, self.steps, self.learner, self.exchange = region, cfg, steps, learner, exchange
         self.inbox, self.metrics, self.checkpoint_dir, self.restarts = inbox, metrics, checkpoint_dir, restarts

@@ -61,6 +61,13 @@ def check_security(cfg: RunConfig) -> None:
             TlsFiles.load(cfg.security.tls_dir, region, cfg.regions.count)
 
 
+def check_encoding(cfg: RunConfig, num_classes: int) -> None:
+    """topk keeps at most every class; k = classes is allowed (exact, but it saves nothing)."""
+    ex = cfg.exchange
+    if ex.encoding == "topk" and ex.topk > num_classes:
+        raise ConfigError(f"exchange.topk: {ex.topk} exceeds the dataset's {num_classes} classes (choose fewer than {num_classes} to save bytes)")
+
+
 def prepare(cfg: RunConfig) -> data.Split:
     """Security files, the dataset (built-in, npz or a user loader), the split, and every model of
     the run on a tiny CPU batch: the split the run will use, or a user error."""
@@ -68,5 +75,6 @@ def prepare(cfg: RunConfig) -> data.Split:
 
     check_security(cfg)
     split = driver.prepare(cfg)  # data.load_dataset, then data.make_split
+    check_encoding(cfg, split.dataset.num_classes)
     plugins.check_models(cfg, split.dataset)
     return split

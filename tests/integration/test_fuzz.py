@@ -98,6 +98,15 @@ def messages(draw):
     if rows in (4, 8) and draw(st.integers(0, 3)) == 0:
         # rows x (2**64 / rows) elements wrap to 0 in int64, which would "match" empty data.
         shape, data = [rows, 2**64 // rows], b""
+    encoding = draw(st.sampled_from(["probs", "probs", "topk", "topk", "uint8", "none"]))
+    if encoding == "topk":
+        payload = {"topk": _topk(draw, rows, dtype)}
+    elif encoding == "uint8":
+        payload = {"uint8": _uint8(draw, rows, c, shape)}
+    elif encoding == "probs":
+        payload = {"probs": region_pb2.Tensor(dtype=dtype, shape=shape, data=data)}
+    else:
+        payload = {}
     return region_pb2.PushPredictionsRequest(
         run_id=draw(st.sampled_from(["run-1", "run-1", "", "x" * 300, "\u00e9vil\n", "x" * (CAP + 1000)])),
         sender_id=draw(st.sampled_from([1, 2, 0, -5, 2**31 - 1])),
@@ -105,8 +114,50 @@ def messages(draw):
         step=draw(st.integers(-(2**63), 2**63 - 1)),
         sample_ids=sample_ids,
         temperature=draw(st.just(3.0) | floats),
-        probs=region_pb2.Tensor(dtype=dtype, shape=shape, data=data),
+        **payload,
     )
+
+
+# A top-k payload is well formed but for at most one fault, so that every check is reached.
+TOPK_FAULTS = ["none", "index", "duplicate", "values", "k", "num_classes", "shape", "classes"]
+
+
+def _topk(draw, rows: int, dtype: int) -> region_pb2.TopK:
+    fault = draw(st.sampled_from(TOPK_FAULTS))
+    k = draw(st.sampled_from([0, C + 1, 2**40] if fault == "k" else [1, 2, 3, C]))
+    kk, n = min(k, 8), min(rows, 8)
+    classes = [c for _ in range(n) for c in draw(st.permutations(range(max(C, kk))))[:kk]]
+    if fault == "index" and classes:
+        classes[draw(st.integers(0, len(classes) - 1))] = draw(st.sampled_from([-1, C, C + 1, 2**31 - 1, -(2**31)]))
+    if fault == "duplicate" and kk > 1 and classes:
+        i = draw(st.integers(0, len(classes) - 1))
+        classes[i] = classes[i - 1] if i % kk else classes[i + 1]
+    if fault == "classes":
+        classes = draw(st.lists(st.integers(-2, C + 1) | st.integers(-(2**31), 2**31 - 1), max_size=40))
+    np_dtype = "<f2" if dtype == 1 else "<f4"
+    if fault == "values":  # the right length, any floats: NaN, negative, a row's mass past 1
+        with np.errstate(over="ignore"):
+            data = np.asarray(draw(st.lists(floats, min_size=n * kk, max_size=n * kk)), dtype=np_dtype).tobytes()
+    else:
+        data = np.full(n * kk, 1 / max(C, kk), dtype=np_dtype).tobytes()
+    shape = draw(st.sampled_from([[rows], [], [rows, k, 1], [-1, k], [rows + 1, k], *HUGE_SHAPES])) if fault == "shape" else [rows, k]
+    num_classes = draw(st.sampled_from([1, 0, -1, C + 1, 2**31 - 1])) if fault == "num_classes" else C
+    return region_pb2.TopK(values=region_pb2.Tensor(dtype=dtype, shape=shape, data=data), classes=classes, num_classes=num_classes)
+
+
+def _uint8(draw, rows: int, c: int, shape: list[int]) -> region_pb2.Quantized:
+    kind = draw(st.sampled_from(["honest", "any bytes", "any length"]))
+    if kind == "honest" and 0 < c and rows <= 8:  # rows of 255 steps, which one fault may spoil
+        row = [255 // c + (i < 255 % c) for i in range(c)]
+        data = bytearray(bytes(row) * rows)
+        if data and draw(st.booleans()):
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+        data = bytes(data)
+    elif kind == "any bytes" and rows <= 8:
+        data = bytes(draw(st.lists(st.integers(0, 255), min_size=rows * c, max_size=rows * c)))
+    else:
+        data = draw(st.binary(max_size=64))
+    return region_pb2.Quantized(shape=shape, data=data)
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

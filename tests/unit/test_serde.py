@@ -93,3 +93,114 @@ def test_derived_message_cap_admits_the_largest_honest_message(n, c):
     size = serde.wire_size(biggest, "float32")
     cap = serde.default_max_message_bytes(n, c)
     assert size <= cap <= 2 * size + serde.MESSAGE_HEADROOM_BYTES
+
+
+# ------------------------------------------------------------- compressed encodings
+def _sharp_and_flat(n=64, c=10):
+    """Rows from near one-hot to near uniform, as temperatures 0.25..8 make them."""
+    g = torch.Generator().manual_seed(1)
+    scale = torch.logspace(-0.9, 0.6, n)[:, None]
+    return torch.softmax(torch.randn(n, c, generator=g) / scale, -1)
+
+
+def _decode(probs, encoding, num_classes=None):
+    b = PredictionBatch("run", 1, 3, 75, torch.arange(len(probs)), 2.0, probs)
+    return serde.predictions_from_proto(serde.predictions_to_proto(b, encoding), num_classes=num_classes).probs
+
+
+@pytest.mark.parametrize("k", [1, 3, 9])
+def test_topk_is_exact_on_kept_classes_and_spreads_the_rest_evenly(k):
+    probs = _sharp_and_flat()
+    back = _decode(probs, serde.Encoding("topk", "float32", k), num_classes=10)
+    kept, classes = probs.topk(k, dim=1)
+    assert torch.equal(back.gather(1, classes), kept)  # float32 values: bit for bit
+    others = torch.ones_like(probs, dtype=torch.bool).scatter_(1, classes, False)
+    rest = back[others].reshape(len(probs), 10 - k)
+    assert (rest == rest[:, :1]).all()  # evenly: one value per row
+    expected = ((1 - kept.sum(1)).clamp_min(0) / (10 - k))[:, None].expand_as(rest)
+    assert_close(rest, expected, rtol=0, atol=1e-6)
+    assert_close(back.sum(1), torch.ones(len(probs)), rtol=0, atol=1e-6)
+
+
+def test_topk_in_float16_is_off_only_by_float16_rounding_on_kept_classes():
+    probs = _sharp_and_flat()
+    back = _decode(probs, serde.Encoding("topk", "float16", 3))
+    kept, classes = probs.topk(3, dim=1)
+    assert torch.equal(back.gather(1, classes), kept.half().float())
+
+
+def test_topk_keeping_every_class_is_exact():
+    probs = _sharp_and_flat()
+    assert torch.equal(_decode(probs, serde.Encoding("topk", "float32", 10)), probs)
+    # A k beyond the class count keeps every class too.
+    assert torch.equal(_decode(probs, serde.Encoding("topk", "float32", 1000)), probs)
+
+
+@pytest.mark.parametrize("c", [2, 10, 100, 1000])
+def test_uint8_rows_sum_to_255_and_every_probability_is_within_one_step(c):
+    probs = torch.cat([_sharp_and_flat(64, c), torch.full((1, c), 1 / c), torch.eye(c)[:2]])
+    q = serde.quantize(probs)
+    assert (q.sum(1, dtype=torch.int64) == 255).all()
+    # The bound: each byte is floor or ceil of 255 p, so |q/255 - p| < 1/255 (strictly) before
+    # renormalising; rows already sum to 1, so renormalising moves nothing but float rounding.
+    before = (q.double() / 255 - probs.double()).abs().max().item()
+    assert before < 1 / 255
+    back = _decode(probs, serde.Encoding("uint8"), num_classes=c)
+    assert (back - probs).abs().max().item() < 1 / 255 + 1e-6
+    assert_close(back.sum(1), torch.ones(len(probs)), rtol=0, atol=1e-5)
+
+
+def test_uint8_receiver_renormalises_rows_rounded_entry_by_entry():
+    # Another sender may round each entry on its own: rows then sum to 255 give or take.
+    probs = torch.tensor([[0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]])
+    msg = serde.predictions_to_proto(PredictionBatch("run", 1, 0, 0, torch.arange(2), 2.0, probs), serde.Encoding("uint8"))
+    msg.uint8.data = bytes([128, 128, 0, 85, 85, 85])  # sums 256 and 255
+    back = serde.predictions_from_proto(msg).probs
+    assert_close(back, torch.tensor([[0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]]), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("encoding", [serde.Encoding("topk", "float16", 3), serde.Encoding("uint8")])
+def test_compressed_encodings_carry_fewer_bytes_than_float16(encoding):
+    b = _batch(200, 10)
+    assert serde.wire_size(b, encoding) < 0.75 * serde.wire_size(b, "float16")
+
+
+@pytest.mark.parametrize(
+    "n,c,k",
+    [
+        (300, 10, 10),  # every class kept: top-k is wider than dense
+        (300, 1000, 1000),  # class indices of 2-byte varints
+        (300, 1000, 3),
+        (1, 2, 2),
+        (10_000, 10, 3),
+    ],
+)
+def test_derived_message_cap_admits_the_largest_honest_message_of_each_encoding(n, c, k):
+    probs = torch.softmax(torch.randn(n, c, generator=torch.Generator().manual_seed(0)), -1)
+    biggest = PredictionBatch("r" * 300, 2**31 - 1, 2**62, 2**62, torch.arange(2**40, 2**40 + n), 3.0, probs)
+    encodings = [serde.Encoding(kind, dtype, k) for kind in ("dense", "topk") for dtype in ("float16", "float32")]
+    sizes = [serde.wire_size(biggest, e) for e in [*encodings, serde.Encoding("uint8")]]
+    cap = serde.default_max_message_bytes(n, c, k)
+    assert max(sizes) <= cap <= 2 * max(sizes) + serde.MESSAGE_HEADROOM_BYTES
+
+
+def test_a_message_in_no_known_encoding_is_refused():
+    msg = serde.predictions_to_proto(_batch(), "float32")
+    msg.ClearField("probs")
+    with pytest.raises(MessageRejected) as info:
+        serde.predictions_from_proto(msg)
+    assert info.value.reason is Rejection.UNKNOWN_ENCODING
+    # A newer peer's encoding arrives as a field this region does not know (here field 12).
+    msg.ParseFromString(msg.SerializeToString() + b"\x62\x03abc")
+    assert msg.WhichOneof("predictions") is None
+    with pytest.raises(MessageRejected) as info:
+        serde.predictions_from_proto(msg)
+    assert info.value.reason is Rejection.UNKNOWN_ENCODING
+
+
+def test_each_encoding_sets_its_own_field_so_peers_tell_them_apart():
+    b = _batch(3, 4)
+    kinds = {e: serde.predictions_to_proto(b, serde.Encoding(e, "float16", 2)).WhichOneof("predictions") for e in ("dense", "topk", "uint8")}
+    assert kinds == {"dense": "probs", "topk": "topk", "uint8": "uint8"}
+    # A region that predates the encodings reads `probs` only: it finds none in a compressed message.
+    assert not serde.predictions_to_proto(b, serde.Encoding("topk")).HasField("probs")

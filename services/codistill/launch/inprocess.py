@@ -36,7 +36,7 @@ class InProcessRunner:
     def start(self) -> None:
         torch.set_num_threads(self.cfg.regions.torch_threads)
         hub = WeightAverager([len(p.labeled) for p in self.plans]) if any(p.role is Role.WEIGHTS for p in self.plans) else None
-        network = InProcessNetwork(self.cfg.exchange.dtype, hub.average if hub else None)
+        network = InProcessNetwork(self.cfg.exchange, hub.average if hub else None)
         for p in self.plans:
             folder = self.checkpoints / f"region-{p.id}" if self.checkpoints else None
             self.regions.append(build_region(self.cfg, p, region_data(self.split, p), network, run_id=self.run_id, checkpoint_dir=folder))

@@ -86,6 +86,7 @@ class GrpcTransport:
         targets: dict[int, str],
         *,
         dtype: str = "float16",
+        encoding: serde.Encoding | None = None,
         rpc_timeout_s: float = 10.0,
         max_message_bytes: int = 64 * 1024 * 1024,
         token: str | None = None,
@@ -95,6 +96,8 @@ class GrpcTransport:
         max_queued: int = 8,
     ):
         self.dtype = dtype
+        # How predictions travel; without one, the dense tensor in `dtype`.
+        self.encoding = encoding or serde.Encoding("dense", dtype)
         self.rpc_timeout_s = rpc_timeout_s
         self._max_message_bytes = max_message_bytes
         self._tls = tls
@@ -166,8 +169,8 @@ class GrpcTransport:
         return report
 
     def publish(self, batch: PredictionBatch) -> PublishReport:
-        message = serde.predictions_to_proto(batch, self.dtype)
-        size = message.ByteSize()
+        message = serde.predictions_to_proto(batch, self.encoding)
+        size = message.ByteSize()  # what crosses the wire
         report = self._take_completed()
         with self._lock:
             for peer in list(self._stubs):

@@ -52,6 +52,11 @@ class Rejection(str, Enum):
     UNAUTHENTICATED = "unauthenticated"
     WRONG_IDENTITY = "wrong_identity"
     FUTURE_VERSION = "future_version"
+    # Compressed predictions: no encoding this region knows, a kept class outside 0..C-1, one
+    # class kept twice in a row.
+    UNKNOWN_ENCODING = "unknown_encoding"
+    BAD_CLASS_INDEX = "bad_class_index"
+    DUPLICATE_CLASS = "duplicate_class"
 
     @property
     def depends_on_state(self) -> bool:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+from codistill.config import ExchangeConfig
+from codistill.region import serde
+from codistill.region.client import GrpcTransport
 from codistill.region.exchange import Average
 from codistill.region.inbox import PeerInbox
 from codistill.region.node import RegionNode
@@ -18,8 +21,8 @@ from codistill.region.transport import DeferredTransport, InProcessTransport, Tr
 
 
 class InProcessNetwork:
-    def __init__(self, dtype: str, average: Average | None = None):
-        self.dtype, self.average = dtype, average
+    def __init__(self, exchange: ExchangeConfig, average: Average | None = None):
+        self.encoding, self.average = serde.Encoding.from_config(exchange), average
         self._inboxes: dict[int, PeerInbox] = {}
 
     def serve(self, node: RegionNode) -> None:
@@ -30,7 +33,8 @@ class InProcessNetwork:
         self._inboxes[node.id] = node.inbox
 
     def transport(self, node: RegionNode, targets: tuple[int, ...]) -> Transport:
-        return DeferredTransport(lambda: InProcessTransport({j: self._inboxes[j] for j in targets}, self.dtype))
+        # InProcessTransport's `dtype` is handed to serde as it is, so an Encoding travels through it.
+        return DeferredTransport(lambda: InProcessTransport({j: self._inboxes[j] for j in targets}, self.encoding))
 
 
 class GrpcNetwork:
@@ -51,4 +55,11 @@ class GrpcNetwork:
         self._register(node.id, node.address, node.metrics_address)
 
     def transport(self, node: RegionNode, targets: tuple[int, ...]) -> Transport:
-        return DeferredTransport(lambda: node.grpc_transport({j: self.lookup(j) for j in targets}, resolve=self.lookup))
+        encoding = serde.Encoding.from_config(node.cfg.exchange)
+
+        def make() -> GrpcTransport:
+            transport = node.grpc_transport({j: self.lookup(j) for j in targets}, resolve=self.lookup)
+            transport.encoding = encoding  # the node's transport names only the dense dtype
+            return transport
+
+        return DeferredTransport(make)

@@ -24,11 +24,12 @@ from codistill.region.server import RegionServer, create_server
 from codistill.region.servicer import RegionServicer
 
 
-def message_cap(configured: int | None, ids_per_message: int, num_classes: int) -> int:
-    """exchange.max_message_bytes as given, or, when None, the largest honest message plus headroom."""
+def message_cap(configured: int | None, ids_per_message: int, num_classes: int, topk: int = 0) -> int:
+    """exchange.max_message_bytes as given, or, when None, the largest honest message in any
+    encoding (top-k keeping `topk` classes) plus headroom."""
     if configured is not None:
         return configured
-    return serde.default_max_message_bytes(ids_per_message, num_classes)
+    return serde.default_max_message_bytes(ids_per_message, num_classes, topk)
 
 
 def _join(host: str, port: int) -> str:
@@ -70,7 +71,7 @@ class RegionNode:
         """The largest PushPredictions this region sends or takes."""
         chunk = self.cfg.exchange.chunk_size
         ids = self.transfer_size if chunk is None else min(chunk, self.transfer_size)
-        return message_cap(self.cfg.exchange.max_message_bytes, ids, self.num_classes)
+        return message_cap(self.cfg.exchange.max_message_bytes, ids, self.num_classes, self.cfg.exchange.topk)
 
     @property
     def metrics_sink(self) -> MetricsSink:

@@ -6,11 +6,14 @@ Nothing else in codistill touches `*_pb2` message classes.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from google.protobuf.message import DecodeError
 
+from codistill.region import validation
 from codistill.region.messages import (
     MessageRejected,
     PeerCounters,
@@ -20,6 +23,9 @@ from codistill.region.messages import (
     Rejection,
 )
 from codistill.v1 import region_pb2 as pb
+
+if TYPE_CHECKING:
+    from codistill.config import ExchangeConfig
 
 _DTYPES = {
     "float16": (pb.DTYPE_FLOAT16, np.dtype("<f2")),
@@ -32,11 +38,48 @@ _WIDEST_ITEMSIZE = max(dt.itemsize for _, dt in _DTYPES.values())
 _ID_WIRE_BYTES = 10
 # Room for the run id, the scalar fields, the shape and the field tags.
 MESSAGE_HEADROOM_BYTES = 64 * 1024
+# uint8: a probability p travels as round(255 p), so a byte step is 1/255.
+_UINT8_STEPS = 255
 
 
-def default_max_message_bytes(ids_per_message: int, num_classes: int) -> int:
-    """The largest honest PushPredictions: ids x classes probabilities, the ids, and headroom."""
-    return ids_per_message * (num_classes * _WIDEST_ITEMSIZE + _ID_WIRE_BYTES) + MESSAGE_HEADROOM_BYTES
+@dataclass(frozen=True)
+class Encoding:
+    """How a region's predictions travel.
+
+    dense: every probability in `dtype`; topk: the `k` largest of each row in `dtype`, with
+    their classes; uint8: every probability in 8 bits.
+    """
+
+    kind: Literal["dense", "topk", "uint8"] = "dense"
+    dtype: str = "float16"
+    k: int = 3
+
+    @classmethod
+    def from_config(cls, exchange: ExchangeConfig) -> Encoding:
+        # exchange.encoding "float16" names the dense tensor, whose element type is exchange.dtype.
+        kind = "dense" if exchange.encoding == "float16" else exchange.encoding
+        return cls(kind, exchange.dtype, exchange.topk)
+
+
+def _as_encoding(encoding: Encoding | str) -> Encoding:
+    """A plain string is a dense tensor's dtype."""
+    return encoding if isinstance(encoding, Encoding) else Encoding("dense", encoding)
+
+
+def _varint_bytes(n: int) -> int:
+    return max(1, -(-n.bit_length() // 7))
+
+
+def default_max_message_bytes(ids_per_message: int, num_classes: int, topk: int = 0) -> int:
+    """The largest honest PushPredictions in any encoding: ids x the widest row, the ids, and headroom.
+
+    A receiver takes every encoding, so the widest row counts: dense in float32 (4 bytes a class),
+    or top-k with k near the class count (k x (4 bytes + the largest class index's varint));
+    uint8's byte a class is never the widest.
+    """
+    k = min(topk, num_classes)
+    row = max(num_classes * _WIDEST_ITEMSIZE, k * (_WIDEST_ITEMSIZE + _varint_bytes(num_classes - 1)))
+    return ids_per_message * (row + _ID_WIRE_BYTES) + MESSAGE_HEADROOM_BYTES
 
 
 def tensor_to_proto(t: torch.Tensor, dtype: str) -> pb.Tensor:
@@ -65,7 +108,77 @@ def tensor_from_proto(msg: pb.Tensor) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.float32))
 
 
-def predictions_to_proto(batch: PredictionBatch, dtype: str = "float16") -> pb.PushPredictionsRequest:
+# ------------------------------------------------------------------ top-k
+def topk_to_proto(probs: torch.Tensor, k: int, dtype: str) -> pb.TopK:
+    """The min(k, C) largest probabilities of each row, largest first, with their classes."""
+    num_classes = probs.shape[1]
+    values, classes = probs.detach().cpu().topk(min(k, num_classes), dim=1)
+    return pb.TopK(values=tensor_to_proto(values, dtype), classes=classes.flatten().tolist(), num_classes=num_classes)
+
+
+def spread_topk(values: torch.Tensor, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Dense rows: the kept values where they were, each row's remaining mass spread evenly over
+    its other classes (none when every class is kept)."""
+    rows, k = values.shape
+    if k == num_classes:
+        rest = torch.zeros(rows)
+    else:
+        # float16 rounding can push a row's kept mass a hair past 1: nothing remains then.
+        rest = (1 - values.sum(1)).clamp_min(0) / (num_classes - k)
+    return rest[:, None].repeat(1, num_classes).scatter_(1, classes, values)
+
+
+def topk_from_proto(msg: pb.TopK, rows: int, num_classes: int | None = None) -> torch.Tensor:
+    """Checked and made dense; `num_classes` is the receiver's, so a message never makes a row wider."""
+    k = validation.check_topk_sizes(rows, list(msg.values.shape[:3]), len(msg.classes), msg.num_classes, num_classes)
+    values = tensor_from_proto(msg.values)
+    classes = torch.from_numpy(np.fromiter(msg.classes, dtype=np.int64, count=rows * k)).reshape(rows, k)
+    validation.check_topk(values, classes, msg.num_classes)
+    return spread_topk(values, classes, msg.num_classes)
+
+
+# ------------------------------------------------------------------ uint8
+def quantize(probs: torch.Tensor) -> torch.Tensor:
+    """Each row as bytes summing to exactly 255 (largest remainder): every probability is rounded
+    down or up to a step of 1/255, so each is off by less than 1/255, and a row's mass stays 1."""
+    p = probs.detach().cpu().double()
+    scaled = p / p.sum(1, keepdim=True) * _UINT8_STEPS
+    q = scaled.floor()
+    # The steps still missing from 255 go to the entries with the largest remainders.
+    missing = (_UINT8_STEPS - q.sum(1)).round().clamp(0, p.shape[1]).long()
+    order = torch.argsort(scaled - q, dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(p.shape[1]).expand_as(order).contiguous())
+    return (q + (rank < missing[:, None])).to(torch.uint8)
+
+
+def dequantize(q: torch.Tensor) -> torch.Tensor:
+    """Probabilities from bytes, each row renormalised (a sender may round each entry on its own)."""
+    q = q.float()
+    return q / q.sum(1, keepdim=True)
+
+
+def quantized_to_proto(probs: torch.Tensor) -> pb.Quantized:
+    q = quantize(probs).numpy()
+    return pb.Quantized(shape=list(q.shape), data=q.tobytes())
+
+
+def quantized_from_proto(msg: pb.Quantized, rows: int) -> torch.Tensor:
+    num_classes = validation.check_quantized_sizes(rows, list(msg.shape[:3]), len(msg.data))
+    q = torch.from_numpy(np.frombuffer(msg.data, dtype=np.uint8).reshape(rows, num_classes).copy())
+    validation.check_quantized(q)
+    return dequantize(q)
+
+
+# ------------------------------------------------------------ predictions
+def predictions_to_proto(batch: PredictionBatch, encoding: Encoding | str = "float16") -> pb.PushPredictionsRequest:
+    """`encoding`: an Encoding, or a dtype name for the dense tensor."""
+    enc = _as_encoding(encoding)
+    if enc.kind == "topk":
+        payload = {"topk": topk_to_proto(batch.probs, enc.k, enc.dtype)}
+    elif enc.kind == "uint8":
+        payload = {"uint8": quantized_to_proto(batch.probs)}
+    else:
+        payload = {"probs": tensor_to_proto(batch.probs, enc.dtype)}
     return pb.PushPredictionsRequest(
         run_id=batch.run_id,
         sender_id=batch.sender,
@@ -73,7 +186,7 @@ def predictions_to_proto(batch: PredictionBatch, dtype: str = "float16") -> pb.P
         step=batch.step,
         sample_ids=batch.sample_ids.tolist(),
         temperature=batch.temperature,
-        probs=tensor_to_proto(batch.probs, dtype),
+        **payload,
     )
 
 
@@ -85,16 +198,33 @@ def decode_push(raw: bytes) -> pb.PushPredictionsRequest:
         raise MessageRejected(Rejection.UNDECODABLE, f"{len(raw)} bytes are not a PushPredictionsRequest") from None
 
 
-def predictions_from_proto(msg: pb.PushPredictionsRequest, max_ids: int | None = None) -> PredictionBatch:
-    """Decode to domain values; counts are checked first, so no oversized list is ever built.
+def _probs_from_proto(msg: pb.PushPredictionsRequest, rows: int, num_classes: int | None) -> torch.Tensor:
+    kind = msg.WhichOneof("predictions")
+    if kind == "probs":
+        if len(msg.probs.shape) != 2 or msg.probs.shape[0] != rows:
+            raise MessageRejected(Rejection.BAD_SHAPE, f"probs shape {list(msg.probs.shape[:3])} is not [{rows}, C] for {rows} sample ids")
+        return tensor_from_proto(msg.probs)
+    if kind == "topk":
+        return topk_from_proto(msg.topk, rows, num_classes)
+    if kind == "uint8":
+        return quantized_from_proto(msg.uint8, rows)
+    # None set, or a field of an encoding this region does not know (parsed as unknown).
+    raise MessageRejected(Rejection.UNKNOWN_ENCODING, "message carries predictions in no encoding this region knows")
+
+
+def predictions_from_proto(
+    msg: pb.PushPredictionsRequest, max_ids: int | None = None, num_classes: int | None = None
+) -> PredictionBatch:
+    """Decode to domain values, dense; counts are checked first, so no oversized list is ever built.
 
     `max_ids` is the receiver's transfer-set size: no honest message carries more ids.
+    `num_classes` is the receiver's class count: a top-k message for another is refused before
+    it is made dense.
     """
     count = len(msg.sample_ids)  # the repeated field's length: no Python ints are made
     if max_ids is not None and count > max_ids:
         raise MessageRejected(Rejection.BAD_SHAPE, f"{count} sample ids, more than the transfer set's {max_ids}")
-    if len(msg.probs.shape) != 2 or msg.probs.shape[0] != count:
-        raise MessageRejected(Rejection.BAD_SHAPE, f"probs shape {list(msg.probs.shape[:3])} is not [{count}, C] for {count} sample ids")
+    probs = _probs_from_proto(msg, count, num_classes)
     return PredictionBatch(
         run_id=msg.run_id,
         sender=int(msg.sender_id),
@@ -102,7 +232,7 @@ def predictions_from_proto(msg: pb.PushPredictionsRequest, max_ids: int | None =
         step=int(msg.step),
         sample_ids=torch.from_numpy(np.fromiter(msg.sample_ids, dtype=np.int64, count=count)),
         temperature=float(msg.temperature),
-        probs=tensor_from_proto(msg.probs),
+        probs=probs,
     )
 
 
@@ -149,6 +279,6 @@ def status_from_proto(msg: pb.RegionStatus) -> RegionStatus:
     )
 
 
-def wire_size(batch: PredictionBatch, dtype: str) -> int:
+def wire_size(batch: PredictionBatch, encoding: Encoding | str) -> int:
     """Serialized size in bytes of the message that would carry `batch`."""
-    return predictions_to_proto(batch, dtype).ByteSize()
+    return predictions_to_proto(batch, encoding).ByteSize()

@@ -119,7 +119,7 @@ class RegionServicer:
                 raise MessageRejected(Rejection.TOO_LARGE, f"{len(raw)} bytes exceed this region's cap of {self.max_message_bytes}")
             request = serde.decode_push(raw)
             identity.check_sender(request.sender_id)
-            batch = serde.predictions_from_proto(request, max_ids=inbox.transfer_size)
+            batch = serde.predictions_from_proto(request, max_ids=inbox.transfer_size, num_classes=inbox.num_classes)
         except MessageRejected as exc:
             self._count(inbox, exc.reason)
             raise

@@ -24,27 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63odistill/v1/region.proto\x12\x0c\x63odistill.v1\"I\n\x06Tensor\x12\"\n\x05\x64type\x18\x01 \x01(\x0e\x32\x13.codistill.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xa8\x01\n\x16PushPredictionsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tsender_id\x18\x02 \x01(\x05\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x12\n\nsample_ids\x18\x05 \x03(\x03\x12\x13\n\x0btemperature\x18\x06 \x01(\x02\x12#\n\x05probs\x18\x07 \x01(\x0b\x32\x14.codistill.v1.Tensor\"3\n\x17PushPredictionsResponse\x12\x18\n\x10\x61\x63\x63\x65pted_version\x18\x01 \x01(\x03\"\x12\n\x10GetStatusRequest\"f\n\nPeerStatus\x12\x0f\n\x07peer_id\x18\x01 \x01(\x05\x12\x14\n\x0clast_version\x18\x02 \x01(\x03\x12\x19\n\x11messages_received\x18\x03 \x01(\x03\x12\x16\n\x0e\x62ytes_received\x18\x04 \x01(\x03\"\xed\x01\n\x0cRegionStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tregion_id\x18\x02 \x01(\x05\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\x15\n\rtest_accuracy\x18\x06 \x01(\x01\x12\x12\n\nbytes_sent\x18\x07 \x01(\x03\x12\x16\n\x0e\x62ytes_received\x18\x08 \x01(\x03\x12\'\n\x05peers\x18\t \x03(\x0b\x32\x18.codistill.v1.PeerStatus\x12\x0f\n\x07node_id\x18\n \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x0b \x01(\t*D\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT16\x10\x01\x12\x11\n\rDTYPE_FLOAT32\x10\x02\x32\xb1\x01\n\x06Region\x12^\n\x0fPushPredictions\x12$.codistill.v1.PushPredictionsRequest\x1a%.codistill.v1.PushPredictionsResponse\x12G\n\tGetStatus\x12\x1e.codistill.v1.GetStatusRequest\x1a\x1a.codistill.v1.RegionStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63odistill/v1/region.proto\x12\x0c\x63odistill.v1\"I\n\x06Tensor\x12\"\n\x05\x64type\x18\x01 \x01(\x0e\x32\x13.codistill.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x87\x02\n\x16PushPredictionsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tsender_id\x18\x02 \x01(\x05\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x12\n\nsample_ids\x18\x05 \x03(\x03\x12\x13\n\x0btemperature\x18\x06 \x01(\x02\x12%\n\x05probs\x18\x07 \x01(\x0b\x32\x14.codistill.v1.TensorH\x00\x12\"\n\x04topk\x18\x08 \x01(\x0b\x32\x12.codistill.v1.TopKH\x00\x12(\n\x05uint8\x18\t \x01(\x0b\x32\x17.codistill.v1.QuantizedH\x00\x42\r\n\x0bpredictions\"R\n\x04TopK\x12$\n\x06values\x18\x01 \x01(\x0b\x32\x14.codistill.v1.Tensor\x12\x0f\n\x07\x63lasses\x18\x02 \x03(\x05\x12\x13\n\x0bnum_classes\x18\x03 \x01(\x05\"(\n\tQuantized\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"3\n\x17PushPredictionsResponse\x12\x18\n\x10\x61\x63\x63\x65pted_version\x18\x01 \x01(\x03\"\x12\n\x10GetStatusRequest\"f\n\nPeerStatus\x12\x0f\n\x07peer_id\x18\x01 \x01(\x05\x12\x14\n\x0clast_version\x18\x02 \x01(\x03\x12\x19\n\x11messages_received\x18\x03 \x01(\x03\x12\x16\n\x0e\x62ytes_received\x18\x04 \x01(\x03\"\xed\x01\n\x0cRegionStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tregion_id\x18\x02 \x01(\x05\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\x15\n\rtest_accuracy\x18\x06 \x01(\x01\x12\x12\n\nbytes_sent\x18\x07 \x01(\x03\x12\x16\n\x0e\x62ytes_received\x18\x08 \x01(\x03\x12\'\n\x05peers\x18\t \x03(\x0b\x32\x18.codistill.v1.PeerStatus\x12\x0f\n\x07node_id\x18\n \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x0b \x01(\t*D\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT16\x10\x01\x12\x11\n\rDTYPE_FLOAT32\x10\x02\x32\xb1\x01\n\x06Region\x12^\n\x0fPushPredictions\x12$.codistill.v1.PushPredictionsRequest\x1a%.codistill.v1.PushPredictionsResponse\x12G\n\tGetStatus\x12\x1e.codistill.v1.GetStatusRequest\x1a\x1a.codistill.v1.RegionStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'codistill.v1.region_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=706
-  _globals['_DTYPE']._serialized_end=774
+  _globals['_DTYPE']._serialized_start=927
+  _globals['_DTYPE']._serialized_end=995
   _globals['_TENSOR']._serialized_start=43
   _globals['_TENSOR']._serialized_end=116
   _globals['_PUSHPREDICTIONSREQUEST']._serialized_start=119
-  _globals['_PUSHPREDICTIONSREQUEST']._serialized_end=287
-  _globals['_PUSHPREDICTIONSRESPONSE']._serialized_start=289
-  _globals['_PUSHPREDICTIONSRESPONSE']._serialized_end=340
-  _globals['_GETSTATUSREQUEST']._serialized_start=342
-  _globals['_GETSTATUSREQUEST']._serialized_end=360
-  _globals['_PEERSTATUS']._serialized_start=362
-  _globals['_PEERSTATUS']._serialized_end=464
-  _globals['_REGIONSTATUS']._serialized_start=467
-  _globals['_REGIONSTATUS']._serialized_end=704
-  _globals['_REGION']._serialized_start=777
-  _globals['_REGION']._serialized_end=954
+  _globals['_PUSHPREDICTIONSREQUEST']._serialized_end=382
+  _globals['_TOPK']._serialized_start=384
+  _globals['_TOPK']._serialized_end=466
+  _globals['_QUANTIZED']._serialized_start=468
+  _globals['_QUANTIZED']._serialized_end=508
+  _globals['_PUSHPREDICTIONSRESPONSE']._serialized_start=510
+  _globals['_PUSHPREDICTIONSRESPONSE']._serialized_end=561
+  _globals['_GETSTATUSREQUEST']._serialized_start=563
+  _globals['_GETSTATUSREQUEST']._serialized_end=581
+  _globals['_PEERSTATUS']._serialized_start=583
+  _globals['_PEERSTATUS']._serialized_end=685
+  _globals['_REGIONSTATUS']._serialized_start=688
+  _globals['_REGIONSTATUS']._serialized_end=925
+  _globals['_REGION']._serialized_start=998
+  _globals['_REGION']._serialized_end=1175
 # @@protoc_insertion_point(module_scope)

@@ -27,7 +27,7 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PushPredictionsRequest(_message.Message):
-    __slots__ = ("run_id", "sender_id", "version", "step", "sample_ids", "temperature", "probs")
+    __slots__ = ("run_id", "sender_id", "version", "step", "sample_ids", "temperature", "probs", "topk", "uint8")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     SENDER_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,8 @@ class PushPredictionsRequest(_message.Message):
     SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     PROBS_FIELD_NUMBER: _ClassVar[int]
+    TOPK_FIELD_NUMBER: _ClassVar[int]
+    UINT8_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     sender_id: int
     version: int
@@ -42,7 +44,27 @@ class PushPredictionsRequest(_message.Message):
     sample_ids: _containers.RepeatedScalarFieldContainer[int]
     temperature: float
     probs: Tensor
-    def __init__(self, run_id: _Optional[str] = ..., sender_id: _Optional[int] = ..., version: _Optional[int] = ..., step: _Optional[int] = ..., sample_ids: _Optional[_Iterable[int]] = ..., temperature: _Optional[float] = ..., probs: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    topk: TopK
+    uint8: Quantized
+    def __init__(self, run_id: _Optional[str] = ..., sender_id: _Optional[int] = ..., version: _Optional[int] = ..., step: _Optional[int] = ..., sample_ids: _Optional[_Iterable[int]] = ..., temperature: _Optional[float] = ..., probs: _Optional[_Union[Tensor, _Mapping]] = ..., topk: _Optional[_Union[TopK, _Mapping]] = ..., uint8: _Optional[_Union[Quantized, _Mapping]] = ...) -> None: ...
+
+class TopK(_message.Message):
+    __slots__ = ("values", "classes", "num_classes")
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    values: Tensor
+    classes: _containers.RepeatedScalarFieldContainer[int]
+    num_classes: int
+    def __init__(self, values: _Optional[_Union[Tensor, _Mapping]] = ..., classes: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ...) -> None: ...
+
+class Quantized(_message.Message):
+    __slots__ = ("shape", "data")
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PushPredictionsResponse(_message.Message):
     __slots__ = ("accepted_version",)

@@ -116,6 +116,8 @@ def test_every_ray_start_is_accepted_by_ray_and_has_token_auth(path):
         # click rejects an option `ray start` does not have, or a value of the wrong type.
         start.make_context("start", ray_start_args(command))
         assert "RAY_AUTH_MODE=token" in command and "RAY_AUTH_TOKEN_PATH=$HOME/certs/ray-token" in command, command
+        # Ray passes its environment on to a job's entrypoint: `codistill run` is found there.
+        assert 'export PATH="$HOME/codistill-venv/bin:$PATH"' in command, command
     head = next(c for c in starts if "--head" in c)
     assert "--dashboard-port=8265" in head and "--include-dashboard=false" not in head  # the job server
 

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from codistill import config as config_mod
-from codistill import preflight
+from codistill import preflight, storage
 from codistill.config import STRATEGIES, excerpt_path
 from codistill.errors import ConfigError, RegionError, UserError
 
@@ -115,6 +115,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             preflight.check_compare(cfg, compare)
             out = args.out or preflight.default_out(cfg.name)
             preflight.check_out(out, force=args.force)
+        if cfg.storage:  # checkpoints and results must be writable there before anything trains
+            storage.check_writable(storage.run_location(cfg.storage, out))
         # Data, split and every model (a user's too) are checked here, before the header and Ray.
         split = preflight.prepare(cfg)
     except UserError as exc:
@@ -132,7 +134,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         highlight=False,
     )
     live = None if args.quiet else LiveProgress(console)
-    failure, stopped = None, False
+    failure, usage, stopped = None, None, False
     try:
         doc = driver.run(
             cfg, out, compare=compare, address=args.address,
@@ -141,6 +143,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         )
     except RegionError as exc:
         failure = str(exc)
+    except UserError as exc:  # found once Ray is up (a pinned region no node can host): still before any region starts
+        usage = str(exc)
     except KeyboardInterrupt:  # the driver stopped and drained the regions; their checkpoints stay
         stopped = True
     finally:
@@ -148,6 +152,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             live.close()
     if stopped:
         return _stopped(console, out)
+    if usage:
+        return _fail(console, usage, EXIT_USAGE)
     if failure:
         return _fail(console, failure, EXIT_FAILED)
     console.print(results_table(doc))

@@ -51,9 +51,9 @@ class _Served:
         self.registry = CollectorRegistry(auto_describe=True)
         self._server = None
 
-    def serve(self, host: str) -> int:
-        """Serve /metrics on a free port of `host`; returns the port."""
-        self._server, _thread = start_http_server(0, addr=host, registry=self.registry)
+    def serve(self, host: str, port: int = 0) -> int:
+        """Serve /metrics on `port` of `host` (0: a free one); returns the port. OSError when it is taken."""
+        self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return int(self._server.server_port)
 
     def close(self) -> None:

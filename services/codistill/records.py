@@ -165,6 +165,7 @@ class ProgressSnapshot:
     metrics_address: str | None = None
     records: tuple[RegionEvent, ...] = ()
     evals: tuple[Evaluation, ...] = ()
+    node_ip: str = ""  # the host the region serves on ("" in-process)
 
     @classmethod
     def placeholder(cls, region: int) -> ProgressSnapshot:
@@ -207,6 +208,9 @@ class RegionResult:
     peer_weights: dict[int, float] = field(default_factory=dict)
     # Exchanges made: prediction publishes (codistill), own rounds (selftrain) or weight averages (fedavg).
     exchanges: int = 0
+    # Where the region ran: its Ray node ("" outside Ray) and the address it served gRPC on.
+    node_id: str = ""
+    node_ip: str = ""
 
     _UNSAVED: ClassVar[tuple[str, ...]] = ("test_probs", "validation_probs")
 

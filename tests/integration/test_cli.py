@@ -188,6 +188,13 @@ def test_the_live_view_ends_with_every_region_done(tmp_path, transport):
                     "--set", "exchange.publish_interval=10", "--set", f"exchange.transport={transport}",
                     "--set", "monitor.metrics=false", "--out", str(tmp_path / "run"), cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
+    header = next(line.split("┃") for line in res.stdout.splitlines() if "state" in line and "┃" in line)
+    names = [cell.strip() for cell in header]
+    # Regions served over the network name their node; in-process ones have none.
+    assert ("node" in names) == (transport == "grpc"), names
+    state = names.index("state")
     rows = [line.split("│") for line in res.stdout.splitlines() if "/30 " in line]
-    last = {cells[1].strip(): cells[3].strip() for cells in rows}  # region -> state, the latest wins
+    last = {cells[1].strip(): cells[state].strip() for cells in rows}  # region -> state, the latest wins
     assert len(last) == 6 and set(last.values()) == {"done"}, last
+    if transport == "grpc":
+        assert {cells[names.index("node")].strip() for cells in rows} == {"127.0.0.1"}

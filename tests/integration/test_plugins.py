@@ -205,7 +205,7 @@ def test_the_runtime_env_of_a_local_ray_carries_the_drivers_sys_path(tmp_path):
         import ray
         from codistill import config, plugins
 
-        ray.init(num_cpus=1, include_dashboard=False, configure_logging=False,
+        ray.init(address="local", num_cpus=1, include_dashboard=False, configure_logging=False,
                  runtime_env=plugins.runtime_env(config.RunConfig(), local=True))
 
         @ray.remote

@@ -19,15 +19,18 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from codistill import config as config_mod
+from codistill import storage
 from codistill.config import RunConfig
 from codistill.data import Split, load_dataset, make_split
 from codistill.errors import ResumeError
+from codistill.launch import placement
 from codistill.launch.interrupt import Interrupts, deferred_interrupts
 from codistill.launch.loopback import keep_local_ray_on_loopback
 from codistill.launch.monitor import RunMonitor, ensemble_accuracy
 from codistill.launch.plan import plan_regions
-from codistill.region import checkpoint
 from codistill.records import DatasetInfo, ProgressSnapshot, RegionPlan, RegionResult, RunEvent, RunState, StrategyResult, write_json
+from codistill.region import checkpoint
+from codistill.storage import Location
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.json"
@@ -168,7 +171,7 @@ def prepare(cfg: RunConfig) -> Split:
     return make_split(cfg, load_dataset(cfg))
 
 
-def _runner(cfg: RunConfig, split: Split, strategy: str, run_id: str, address, announce, checkpoints) -> Runner:
+def _runner(cfg: RunConfig, split: Split, strategy: str, run_id: str, address, announce, checkpoints: Location | None) -> Runner:
     plans = plan_regions(cfg, split, strategy)
     if cfg.exchange.transport == "inprocess":
         from codistill.launch.inprocess import InProcessRunner
@@ -179,11 +182,15 @@ def _runner(cfg: RunConfig, split: Split, strategy: str, run_id: str, address, a
     from codistill.launch import ray_runner
 
     local = ray_runner.ensure_ray(cfg, address)
-    if announce:
-        import ray
+    import ray
 
-        where = "local Ray" if local else "Ray cluster"
-        announce(f"{strategy}: {where} at {ray.get_runtime_context().gcs_address}")
+    nodes = [placement.NodeOffer.from_ray(n) for n in ray.nodes() if n.get("Alive")]
+    placement.check_pins(cfg.regions, nodes)  # before any actor starts
+    if announce:
+        where = "local Ray" if local else f"Ray cluster of {len(nodes)} nodes"
+        how = placement.mode(cfg.regions, local)
+        placed = "" if how == "default" else f", regions {how}"
+        announce(f"{strategy}: {where} at {ray.get_runtime_context().gcs_address}{placed}")
     return ray_runner.RayRunner(cfg, split, plans, run_id, local=local, checkpoints=checkpoints)
 
 
@@ -200,7 +207,7 @@ def run_strategy(
     spent_s: float = 0.0,
 ) -> StrategyResult:
     """One strategy's regions, run to the end; `spent_s`: its training seconds in earlier, stopped invocations."""
-    checkpoints = checkpoint_folder(cfg, out_dir, strategy)
+    checkpoints = checkpoint_folder(cfg, out_dir, strategy, run_id)
     # The regions read cfg.strategy for their metrics' `strategy` label (--compare runs several on one run id).
     runner = _runner(cfg.model_copy(update={"strategy": strategy}), split, strategy, run_id, address, announce, checkpoints)
     sd_folder = out_dir / "prometheus" if out_dir is not None else None
@@ -219,21 +226,38 @@ def run_strategy(
     )
 
 
-def checkpoint_folder(cfg: RunConfig, out_dir: Path | None, strategy: str) -> Path | None:
-    """Where a strategy's regions keep their checkpoints (one folder each inside); None: they keep none."""
+def checkpoint_folder(cfg: RunConfig, out_dir: Path | None, strategy: str, run_id: str) -> Location | None:
+    """Where a strategy's regions keep their checkpoints (one folder each inside); None: they keep none.
+
+    With `storage`, under the run's folder there, by run id: a fresh run never finds another's checkpoints
+    (nothing is deleted from shared storage), and --resume, which keeps the run id, finds its own.
+    """
     if not cfg.fault.checkpoint_every:
         return None
-    base = Path(cfg.fault.checkpoint_dir) if cfg.fault.checkpoint_dir else (out_dir / "checkpoints" if out_dir else None)
-    return base / strategy if base else None
+    if cfg.storage:
+        return storage.run_location(cfg.storage, out_dir or Path(cfg.name)).child("checkpoints", run_id, strategy)
+    if cfg.fault.checkpoint_dir:
+        return storage.location(cfg.fault.checkpoint_dir).child(strategy)
+    return storage.location(out_dir / "checkpoints").child(strategy) if out_dir else None
 
 
-def _align_resume(cfg: RunConfig, out_dir: Path, strategy: str) -> int:
+def mirror(cfg: RunConfig, out_dir: Path) -> None:
+    """Copy the run's record (results, metrics, state, config) to `storage`, beside its checkpoints."""
+    if not cfg.storage:
+        return
+    where = storage.run_location(cfg.storage, out_dir)
+    for name in ("config.yaml", STATE_FILE, "metrics.jsonl", "results.json"):
+        if (out_dir / name).is_file():
+            storage.upload(out_dir / name, where.child(name))
+
+
+def _align_resume(cfg: RunConfig, out_dir: Path, strategy: str, run_id: str) -> int:
     """Before resuming `strategy`: every region at one common checkpoint step, metrics.jsonl cut back to it.
 
     Returns how many run-level evaluations of `strategy` metrics.jsonl keeps (the resumed ones number on from there).
     """
-    folder = checkpoint_folder(cfg, out_dir, strategy)
-    step = checkpoint.align([folder / f"region-{i}" for i in range(cfg.regions.count)]) if folder else 0
+    folder = checkpoint_folder(cfg, out_dir, strategy, run_id)
+    step = checkpoint.align([folder.child(f"region-{i}") for i in range(cfg.regions.count)]) if folder else 0
     path = out_dir / "metrics.jsonl"
     if not path.is_file():
         return 0
@@ -308,7 +332,7 @@ def run(
     split = split or prepare(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = load_state(out_dir) if resume else _start(cfg, out_dir, compare)
-    offset = _align_resume(cfg, out_dir, state.pending[0]) if resume and state.pending else 0
+    offset = _align_resume(cfg, out_dir, state.pending[0], state.run_id) if resume and state.pending else 0
     with open(out_dir / "metrics.jsonl", "a" if resume else "w") as metrics:
         for strategy in state.pending:
 
@@ -331,10 +355,14 @@ def run(
                 )
             except Stopped as stopped:  # what --resume needs to count this invocation's time
                 write_json(out_dir / STATE_FILE, state.stopped(strategy, stopped.seconds).to_json())
+                mirror(cfg, out_dir)
                 raise
             offset = 0
             state = state.finished(strategy, result.to_json())
             write_json(out_dir / STATE_FILE, state.to_json())
             # A strategy that fails later must not cost the results of those that finished.
             write_results(out_dir, cfg, state.run_id, split, state.summaries())
-    return write_results(out_dir, cfg, state.run_id, split, state.summaries())
+            mirror(cfg, out_dir)
+    doc = write_results(out_dir, cfg, state.run_id, split, state.summaries())
+    mirror(cfg, out_dir)
+    return doc

@@ -7,7 +7,6 @@ no Ray, no sockets. The reference for tests and the benchmarks' baseline.
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import torch
 
@@ -19,6 +18,7 @@ from codistill.launch.plan import region_data
 from codistill.records import ProgressSnapshot, RegionPlan, RegionResult, Role
 from codistill.region.network import InProcessNetwork
 from codistill.region.service import Region, build_region
+from codistill.storage import Location
 
 
 class InProcessRunner:
@@ -26,7 +26,7 @@ class InProcessRunner:
 
     host = None  # nothing is served: run-level convergence is tracked, not exported
 
-    def __init__(self, cfg: RunConfig, split: Split, plans: list[RegionPlan], run_id: str, checkpoints: Path | None = None):
+    def __init__(self, cfg: RunConfig, split: Split, plans: list[RegionPlan], run_id: str, checkpoints: Location | None = None):
         self.cfg, self.split, self.plans, self.run_id, self.checkpoints = cfg, split, plans, run_id, checkpoints
         self.regions: list[Region] = []
         self._threads: list[threading.Thread] = []
@@ -38,7 +38,7 @@ class InProcessRunner:
         hub = WeightAverager([len(p.labeled) for p in self.plans]) if any(p.role is Role.WEIGHTS for p in self.plans) else None
         network = InProcessNetwork(self.cfg.exchange, hub.average if hub else None)
         for p in self.plans:
-            folder = self.checkpoints / f"region-{p.id}" if self.checkpoints else None
+            folder = self.checkpoints.child(f"region-{p.id}") if self.checkpoints else None
             self.regions.append(build_region(self.cfg, p, region_data(self.split, p), network, run_id=self.run_id, checkpoint_dir=folder))
         self._threads = [threading.Thread(target=self._work, args=(r,), name=f"region-{r.id}", daemon=True) for r in self.regions]
         for t in self._threads:

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from codistill.config import MonitorConfig
+from codistill.config import MonitorConfig, port_range
 from codistill.metrics import RunMetrics
 from codistill.records import Evaluation, ProgressSnapshot, RunEvent, write_json
+from codistill.region.ports import bind_in_range
 
 
 def ensemble_accuracy(probs: list[np.ndarray], labels: np.ndarray) -> float:
@@ -75,7 +76,8 @@ class RunMonitor:
         self.metrics = RunMetrics(run_id, strategy) if cfg.metrics and serve_host else None
         self.address = None
         if self.metrics is not None:
-            port = self.metrics.serve(serve_host)
+            metrics = self.metrics
+            port = bind_in_range(lambda p: metrics.serve(serve_host, p), port_range(cfg.port_range), what="monitor.port_range", host=serve_host)
             self.address = f"{serve_host}:{port}"
 
     def observe(self, snapshots: list[ProgressSnapshot]) -> bool:
@@ -142,13 +144,19 @@ def targets_file(folder: Path, strategy: str) -> Path:
 def write_service_discovery(folder: Path, strategy: str, region_targets: dict[int, str], driver_target: str | None) -> Path:
     """Write `strategy`'s Prometheus file_sd targets file (atomically) and return its path."""
     folder.mkdir(parents=True, exist_ok=True)
+    # node_ip: the machine a target runs on, for dashboards of a multi-node run (the region label
+    # comes from the endpoint itself; setting it here too would rename the scraped one).
     groups = [
-        {"targets": [addr], "labels": {"role": "region", "strategy": strategy}}
+        {"targets": [addr], "labels": {"role": "region", "strategy": strategy, "node_ip": _host(addr)}}
         for rid, addr in sorted(region_targets.items())
     ]
     if driver_target:
-        groups.append({"targets": [driver_target], "labels": {"role": "driver", "strategy": strategy}})
+        groups.append({"targets": [driver_target], "labels": {"role": "driver", "strategy": strategy, "node_ip": _host(driver_target)}})
     return write_json(targets_file(folder, strategy), groups)
+
+
+def _host(address: str) -> str:
+    return address.rpartition(":")[0].strip("[]")
 
 
 def prometheus_command(config: Path) -> str:

@@ -12,9 +12,9 @@ import math
 import os
 import uuid
 import warnings
-from pathlib import Path
 
 import ray
+import ray.util
 import torch
 
 from codistill import plugins
@@ -22,14 +22,19 @@ from codistill.config import RunConfig
 from codistill.data import Split
 from codistill.errors import RegionError
 from codistill.launch.fedavg import WeightAverager
+from codistill.launch import placement
 from codistill.launch.loopback import keep_local_ray_on_loopback
+from codistill.launch.placement import PlacementError
 from codistill.launch.plan import region_data
 from codistill.records import ProgressSnapshot, RegionData, RegionPlan, RegionResult, Role
 from codistill.region import checkpoint
 from codistill.region.network import GrpcNetwork
 from codistill.region.service import build_region
+from codistill.storage import Location
 
 LOOPBACK = "127.0.0.1"
+# How long a PACK placement group may wait for room before the run gives up on it.
+PLACEMENT_TIMEOUT_S = 120.0
 
 
 class RegionDirectory:
@@ -66,7 +71,7 @@ class RegionActor:
     crash; then `run` (retried by Ray) resumes from the region's checkpoint.
     """
 
-    def __init__(self, cfg: RunConfig, run_id: str, plan: RegionPlan, host: str | None, names: tuple[str, str | None], checkpoint_dir: Path | None):
+    def __init__(self, cfg: RunConfig, run_id: str, plan: RegionPlan, host: str | None, names: tuple[str, str | None], checkpoint_dir: Location | None):
         # No constructor argument is an object-store reference or an actor handle: Ray cannot promise
         # those to a restarted actor. The run's directory and hub are found by name, and the region
         # fetches its arrays from the directory, which holds them for the whole run, so a region
@@ -134,15 +139,18 @@ def ensure_ray(cfg: RunConfig, address: str | None) -> bool:
     keep_local_ray_on_loopback()
     needed = math.ceil(cfg.regions.count * cfg.regions.num_cpus)
     num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, needed)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, configure_logging=False, runtime_env=runtime_env)
+    # address="local": a Ray of this run's own, never a `ray start` cluster that happens to run on this machine.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, configure_logging=False, runtime_env=runtime_env)
     return True
 
 
 class RayRunner:
     """The runner protocol (start, poll, stop, results, close) over Ray actors."""
 
-    def __init__(self, cfg: RunConfig, split: Split, plans: list[RegionPlan], run_id: str, *, local: bool, checkpoints: Path | None = None):
+    def __init__(self, cfg: RunConfig, split: Split, plans: list[RegionPlan], run_id: str, *, local: bool, checkpoints: Location | None = None):
         self.cfg, self.split, self.plans, self.run_id, self.checkpoints = cfg, split, plans, run_id, checkpoints
+        self.local = local
+        self._group = None  # the PACK placement group, in pack mode
         self.bind = cfg.exchange.host if cfg.exchange.host != "auto" else (LOOPBACK if local else None)
         self.host = self.bind or ray.util.get_node_ip_address()  # where run-level metrics are served
         self.actors: list = []
@@ -152,13 +160,15 @@ class RayRunner:
 
     def start(self) -> None:
         cfg, restarts = self.cfg, self.cfg.fault.max_restarts if self.checkpoints else 0
-        remote = ray.remote(RegionActor).options(
+        actor = ray.remote(RegionActor)
+        options = dict(
             num_cpus=cfg.regions.num_cpus,
             num_gpus=cfg.regions.num_gpus,
             max_concurrency=4,  # progress/status calls while run() is busy
             max_restarts=restarts,
             max_task_retries=restarts,  # run() resumes from the checkpoint on the restarted actor
         )
+        bundles = self._pack_group()
         tag = f"codistill-{self.run_id}-{cfg.strategy}-{uuid.uuid4().hex[:8]}"
         self.directory = ray.remote(RegionDirectory).options(num_cpus=0, name=f"{tag}-directory").remote()
         hub, hub_name = None, None
@@ -169,10 +179,30 @@ class RayRunner:
         self._hub = hub  # named actors live while a handle does
         ray.get([self.directory.share.remote(p.id, arrays) for p, arrays in zip(self.plans, self._arrays())])
         for p in self.plans:
-            folder = self.checkpoints / f"region-{p.id}" if self.checkpoints else None
-            self.actors.append(remote.remote(cfg, self.run_id, p, self.bind, (f"{tag}-directory", hub_name), folder))
+            folder = self.checkpoints.child(f"region-{p.id}") if self.checkpoints else None
+            where = placement.actor_options(cfg.regions, self.local, p.id, bundles.get(p.id), self._group)
+            self.actors.append(actor.options(**options, **where).remote(cfg, self.run_id, p, self.bind, (f"{tag}-directory", hub_name), folder))
         _gather([a.ready.remote() for a in self.actors], self.plans)
         self._pending = {a.run.remote(): i for i, a in enumerate(self.actors)}
+
+    def _pack_group(self) -> dict[int, int]:
+        """pack: one placement group (PACK) holding every unpinned region; returns each one's bundle index."""
+        regions = self.cfg.regions
+        if placement.mode(regions, self.local) != "pack":
+            return {}
+        members = placement.pack_bundles(regions)
+        if not members:
+            return {}
+        shape = placement.needs(regions, None)
+        self._group = ray.util.placement_group([dict(shape) for _ in members], strategy="PACK")
+        try:
+            ray.get(self._group.ready(), timeout=PLACEMENT_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            raise PlacementError(
+                f"regions.placement: pack: the cluster cannot hold {len(members)} regions of {shape} "
+                f"within {PLACEMENT_TIMEOUT_S:g} s (free: {ray.available_resources()})"
+            ) from None
+        return {region: i for i, region in enumerate(members)}
 
     def _arrays(self) -> list[tuple]:
         """Each region's arrays; the shared ones go through the object store once, not once per region."""
@@ -229,6 +259,8 @@ class RayRunner:
             except Exception:
                 pass
             ray.kill(a)
+        if self._group is not None:
+            ray.util.remove_placement_group(self._group)
 
 
 def _gather(refs: list, plans: list[RegionPlan]) -> list:

@@ -33,7 +33,6 @@ class InProcessNetwork:
         self._inboxes[node.id] = node.inbox
 
     def transport(self, node: RegionNode, targets: tuple[int, ...]) -> Transport:
-        # InProcessTransport's `dtype` is handed to serde as it is, so an Encoding travels through it.
         return DeferredTransport(lambda: InProcessTransport({j: self._inboxes[j] for j in targets}, self.encoding))
 
 
@@ -55,11 +54,4 @@ class GrpcNetwork:
         self._register(node.id, node.address, node.metrics_address)
 
     def transport(self, node: RegionNode, targets: tuple[int, ...]) -> Transport:
-        encoding = serde.Encoding.from_config(node.cfg.exchange)
-
-        def make() -> GrpcTransport:
-            transport = node.grpc_transport({j: self.lookup(j) for j in targets}, resolve=self.lookup)
-            transport.encoding = encoding  # the node's transport names only the dense dtype
-            return transport
-
-        return DeferredTransport(make)
+        return DeferredTransport(lambda: node.grpc_transport({j: self.lookup(j) for j in targets}, resolve=self.lookup))

@@ -11,13 +11,14 @@ import sys
 import time
 from typing import Callable
 
-from codistill.config import RunConfig
+from codistill.config import RunConfig, port_range
 from codistill.metrics import MetricsSink, NullMetrics, RegionMetrics
 from codistill.records import RegionData
 from codistill.region import serde
 from codistill.region.client import GrpcTransport
 from codistill.region.inbox import SYNC_VERSION_LEAD, PeerInbox
 from codistill.region.journal import Live
+from codistill.region.ports import bind_in_range
 from codistill.region.messages import RegionState, RegionStatus, Rejection
 from codistill.region.security import Authority, TlsFiles, TokenBook, region_token
 from codistill.region.server import RegionServer, create_server
@@ -83,13 +84,12 @@ class RegionNode:
         cap = self.max_message_bytes
         authority = Authority(TokenBook(self._secret) if self._secret else None, tls=self._tls is not None)
         self.servicer = RegionServicer(lambda: self.inbox, self.status, max_message_bytes=cap, authority=authority)
-        self._server = create_server(
-            f"[{host}]:0" if ":" in host else f"{host}:0",
-            self.servicer,
-            max_message_bytes=cap,
-            token=self._secret,
-            tls=self._tls,
-            on_unauthenticated=self._unauthenticated,
+        self._server = bind_in_range(
+            lambda port: create_server(
+                _join(host, port), self.servicer, max_message_bytes=cap, token=self._secret, tls=self._tls,
+                on_unauthenticated=self._unauthenticated,
+            ),
+            port_range(self.cfg.exchange.port_range), what="exchange.port_range", host=host,
         )
         self._server.start()
         self._server.set_serving(True)
@@ -97,7 +97,11 @@ class RegionNode:
         if self.cfg.monitor.metrics:
             # cfg.strategy is the strategy these regions run (the driver sets it per --compare entry).
             self.metrics = RegionMetrics(self.run_id, self.cfg.strategy, self.id)
-            self.metrics_address = _join(host, self.metrics.serve(host))
+            metrics = self.metrics
+            port = bind_in_range(
+                lambda p: metrics.serve(host, p), port_range(self.cfg.monitor.port_range), what="monitor.port_range", host=host,
+            )
+            self.metrics_address = _join(host, port)
             if self.restarts:
                 self.metrics.restarted(self.restarts)
         return self.address
@@ -132,7 +136,7 @@ class RegionNode:
         ex = self.cfg.exchange
         return GrpcTransport(
             targets,
-            dtype=ex.dtype,
+            encoding=serde.Encoding.from_config(ex),
             rpc_timeout_s=ex.rpc_timeout_s,
             max_message_bytes=self.max_message_bytes,
             token=region_token(self._secret, self.id) if self._secret else None,

@@ -64,6 +64,8 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+        # A port another server holds must fail to bind, not be shared: regions pick ports in a range.
+        ("grpc.so_reuseport", 0),
     ]
 
 
@@ -164,7 +166,10 @@ def create_server(
         health = HealthService()
         health.bind()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        port = server.add_secure_port(address, tls.server_credentials()) if tls else server.add_insecure_port(address)
+        try:
+            port = server.add_secure_port(address, tls.server_credentials()) if tls else server.add_insecure_port(address)
+        except RuntimeError:  # grpc's way of saying the address is taken or unknown
+            port = 0
         return server, port, health
 
     try:

@@ -12,6 +12,7 @@ uses only `Region`.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -26,6 +27,7 @@ from codistill.region.loop import RegionLoop
 from codistill.region.messages import RegionState
 from codistill.region.node import RegionNode
 from codistill.region.transport import NullTransport, Transport
+from codistill.storage import Location
 
 
 class Network(Protocol):
@@ -51,12 +53,19 @@ class Region:
     def metrics_address(self) -> str | None:
         return self._node.metrics_address
 
+    @property
+    def host(self) -> str:
+        """The host part of the address the region serves on ("" when it serves nothing)."""
+        address = self._node.address or ""
+        return address.rpartition(":")[0].strip("[]")
+
     def run(self) -> RegionResult:
         try:
-            return self._loop.run()
+            result = self._loop.run()
         except Exception:
             self._node.live.state = RegionState.FAILED
             raise
+        return replace(result, node_id=self._node.node_id, node_ip=self.host)
 
     def progress(self) -> ProgressSnapshot:
         """The region now, plus the events and evaluations since the last call."""
@@ -66,7 +75,7 @@ class Region:
             region=self.id, arch=self.arch, state=live.state.value, step=live.step, steps=self.steps,
             test_accuracy=live.test_accuracy, loss_supervised=live.loss_supervised, loss_distill=live.loss_distill,
             bytes_sent=live.bytes_sent, bytes_received=inbox.bytes_received() if inbox else 0,
-            metrics_address=self.metrics_address, records=self._loop.journal.drain(), evals=evals,
+            metrics_address=self.metrics_address, records=self._loop.journal.drain(), evals=evals, node_ip=self.host,
         )
 
     def stop(self) -> None:
@@ -81,7 +90,7 @@ class Region:
 
 def build_region(
     cfg: RunConfig, plan: RegionPlan, data: RegionData, network: Network, *, run_id: str,
-    checkpoint_dir: Path | None = None, restarts: int = 0,
+    checkpoint_dir: Path | Location | None = None, restarts: int = 0,
 ) -> Region:
     """A region served, its inbox ready and registered with `network`, its parts wired; not yet running."""
     node = RegionNode(plan.id, cfg, data, run_id=run_id, steps=plan.steps, restarts=restarts)

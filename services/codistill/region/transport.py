@@ -45,13 +45,13 @@ class NullTransport:
 class InProcessTransport:
     """Delivers straight into peers' inboxes; bytes are what gRPC would have carried."""
 
-    def __init__(self, targets: dict[int, PeerInbox], dtype: str = "float16"):
+    def __init__(self, targets: dict[int, PeerInbox], encoding: serde.Encoding | str = "float16"):
         self.targets = dict(targets)
-        self.dtype = dtype
+        self.encoding = encoding
 
     def publish(self, batch: PredictionBatch) -> PublishReport:
         start = time.perf_counter()
-        message = serde.predictions_to_proto(batch, self.dtype)
+        message = serde.predictions_to_proto(batch, self.encoding)
         size = message.ByteSize()
         decoded = serde.predictions_from_proto(message)
         report = PublishReport()

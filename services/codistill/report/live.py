@@ -28,13 +28,17 @@ _STATE_SHOWN = {"stopped": "done"}
 
 def progress_table(strategy: str, snapshots: list[ProgressSnapshot]) -> Table:
     table = Table(title=f"strategy: {strategy}", title_justify="left")
-    for col in ("region", "arch", "state", "step", "progress", "CE loss", "KD loss", "test acc", "sent", "received"):
-        table.add_column(col, justify="right" if col not in ("arch", "state") else "left")
+    # Where each region runs, once any serves on a network (Ray); in-process regions have no node.
+    nodes = any(s.node_ip for s in snapshots)
+    columns = ("region", "node", "arch", "state") if nodes else ("region", "arch", "state")
+    for col in (*columns, "step", "progress", "CE loss", "KD loss", "test acc", "sent", "received"):
+        table.add_column(col, justify="left" if col in ("node", "arch", "state") else "right")
     for s in sorted(snapshots, key=lambda s: s.region):
         done = s.step / max(1, s.steps)
         bar = "█" * int(done * 12) + "░" * (12 - int(done * 12))
         table.add_row(
             str(s.region),
+            *([s.node_ip or "?"] if nodes else []),
             s.arch,
             _STATE_SHOWN.get(s.state, s.state),
             f"{s.step}/{s.steps}",

@@ -1,0 +1,109 @@
+"""Where Ray puts regions: spread over nodes, packed onto few, or pinned by resource or label.
+
+The choice is turned into Ray's own scheduling (a SPREAD strategy, a PACK
+placement group, resource and label requirements), never into a hand-made
+node list, so a region Ray restarts after a node failure is placed again by
+the same rule on the nodes that are left. Pins are checked against the
+cluster before any actor starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from codistill.config import PinConfig, RegionsConfig
+from codistill.errors import UserError
+
+
+class PlacementError(UserError):
+    """No node of the cluster can host a pinned region."""
+
+
+@dataclass(frozen=True)
+class NodeOffer:
+    """What one live node of the cluster offers: its resources and labels."""
+
+    node_id: str
+    ip: str
+    resources: dict[str, float]
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_ray(cls, node: dict[str, Any]) -> NodeOffer:
+        """From an entry of ray.nodes()."""
+        return cls(node["NodeID"], node.get("NodeManagerAddress", ""), dict(node.get("Resources", {})), dict(node.get("Labels") or {}))
+
+
+def mode(regions: RegionsConfig, local: bool) -> str:
+    """spread or pack for a run; auto spreads on a cluster and keeps Ray's default on a local one."""
+    if regions.placement == "auto":
+        return "default" if local else "spread"
+    return regions.placement
+
+
+def needs(regions: RegionsConfig, pin: PinConfig | None) -> dict[str, float]:
+    """The resources one region asks for."""
+    asked = {"CPU": float(regions.num_cpus)}
+    if regions.num_gpus:
+        asked["GPU"] = float(regions.num_gpus)
+    if pin is not None:
+        asked.update({k: float(v) for k, v in pin.resources.items()})
+    return asked
+
+
+def check_pins(regions: RegionsConfig, nodes: list[NodeOffer]) -> None:
+    """Refuse, before anything starts, a pin no live node can satisfy (one line: the region and what it asks)."""
+    for pin in regions.pins:
+        asked = needs(regions, pin)
+        if any(_fits(asked, pin.labels, node) for node in nodes):
+            continue
+        missing = _missing(asked, pin.labels, nodes)
+        offered = sorted({k for n in nodes for k in n.resources if not k.startswith("node:")} - {"memory", "object_store_memory"})
+        raise PlacementError(
+            f"regions.pins: region {pin.region} needs {missing}, which no node of the cluster has "
+            f"(resources offered: {', '.join(offered) or 'none'}; add them with `ray start --resources` or `--labels`)"
+        )
+
+
+def _fits(asked: dict[str, float], labels: dict[str, str], node: NodeOffer) -> bool:
+    return all(node.resources.get(k, 0.0) >= v for k, v in asked.items()) and all(node.labels.get(k) == v for k, v in labels.items())
+
+
+def _missing(asked: dict[str, float], labels: dict[str, str], nodes: list[NodeOffer]) -> str:
+    """The first requirement no node meets on its own, as the user wrote it."""
+    for k, v in asked.items():
+        if not any(n.resources.get(k, 0.0) >= v for n in nodes):
+            return f"resource {k}={v:g}"
+    for k, v in labels.items():
+        if not any(n.labels.get(k) == v for n in nodes):
+            return f"label {k}={v}"
+    return "its resources and labels together on one node"
+
+
+def actor_options(regions: RegionsConfig, local: bool, region: int, bundle: int | None, group: Any = None) -> dict[str, Any]:
+    """Ray actor options placing `region`: its pin's resources and labels, then the run's spread or pack.
+
+    `group`, `bundle`: the PACK placement group and this region's bundle in it (pack mode, unpinned regions).
+    """
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    pin = next((p for p in regions.pins if p.region == region), None)
+    options: dict[str, Any] = {}
+    if pin is not None:
+        if pin.resources:
+            options["resources"] = {k: float(v) for k, v in pin.resources.items()}
+        if pin.labels:
+            options["label_selector"] = dict(pin.labels)
+    how = mode(regions, local)
+    if group is not None and bundle is not None:
+        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=bundle)
+    elif how == "spread":
+        options["scheduling_strategy"] = "SPREAD"
+    return options
+
+
+def pack_bundles(regions: RegionsConfig) -> list[int]:
+    """The regions a PACK placement group holds: every region not pinned (pins choose their own nodes)."""
+    pinned = {p.region for p in regions.pins}
+    return [i for i in range(regions.count) if i not in pinned]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -54,6 +55,36 @@ def loopback_cluster(workers: int = 2, worker_cpus: int = 2, head_cpus: int = 0,
         yield LoopbackCluster(cluster, handles)
     finally:
         cluster.shutdown()
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process below it (a raylet's workers are its children), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
+def kill_node(node) -> list[int]:
+    """SIGKILL a node as a power cut would: its raylet and every worker under it, at once."""
+    raylet = node.all_processes["raylet"][0].process.pid
+    pids = process_tree(raylet)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return pids
 
 
 def codistill(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -165,3 +165,18 @@ def test_wait_round_wakes_when_a_sender_is_seen_ahead(sync_inbox):
     assert sync_inbox.wait_round(0, needed=1, timeout_s=5) == 1
     thread.join()
     assert time.monotonic() - started < 2
+
+
+def test_a_round_a_peer_has_already_left_behind_is_not_waited_for():
+    # A region restored from a checkpoint replays rounds; a peer that said it is at round 5
+    # sent rounds up to 5 to the region's lost incarnation, and will not send them again.
+    import time as _time
+
+    inbox = PeerInbox("run", [1, 2], 3, 10)
+    inbox.seen_at(1, 5)
+    start = _time.monotonic()
+    assert inbox.wait_round(4, 1, timeout_s=5.0) == 1  # peer 1 counts as past round 4
+    assert _time.monotonic() - start < 1.0
+    assert inbox.wait_round(6, 1, timeout_s=0.2) == 0  # but not past round 6
+    inbox.seen_at(2, -3)  # an older word changes nothing
+    assert inbox.wait_round(4, 2, timeout_s=0.2) == 1

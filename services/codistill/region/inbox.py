@@ -140,6 +140,16 @@ class PeerInbox:
             self._interrupted = True
             self._cond.notify_all()
 
+    def seen_at(self, peer: int, version: int) -> None:
+        """`peer` is already at `version` (it said so): rounds up to it will not come again, so none waits for them.
+
+        A region restored from a checkpoint replays rounds its peers have left behind; the
+        predictions they sent for those went to the region's lost incarnation."""
+        with self._cond:
+            if peer in self.counters and version > self.counters[peer].last_version:
+                self._ahead[peer] = max(version, self._ahead.get(peer, -1))
+                self._cond.notify_all()
+
     def wait_round(self, version: int, needed: int, timeout_s: float) -> int:
         """Block until `needed` senders delivered `version` (or a newer one, or were seen past it), or timeout.
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import grpc
+
 from codistill.config import ExchangeConfig
 from codistill.region import serde
 from codistill.region.client import GrpcTransport
@@ -27,6 +29,10 @@ class InProcessNetwork:
 
     def serve(self, node: RegionNode) -> None:
         """No sockets in-process."""
+
+    def peer_versions(self, node: RegionNode, peers: tuple[int, ...]) -> dict[int, int]:
+        """In-process regions are never restored while their peers run on: nothing to ask."""
+        return {}
 
     def register(self, node: RegionNode) -> None:
         assert node.inbox is not None, "register a region once its inbox is prepared"
@@ -52,6 +58,19 @@ class GrpcNetwork:
     def register(self, node: RegionNode) -> None:
         """Peers find `node` from now on: only once its inbox takes their messages."""
         self._register(node.id, node.address, node.metrics_address)
+
+    def peer_versions(self, node: RegionNode, peers: tuple[int, ...]) -> dict[int, int]:
+        """Where each reachable peer is now (its published version); a peer that does not answer is left out."""
+        out = {}
+        for peer in peers:
+            address = self.lookup(peer)
+            if address is None:
+                continue
+            try:
+                out[peer] = node.peer_status(address).version
+            except grpc.RpcError:  # restarting too, or gone: its rounds will come, or the round timeout ends the wait
+                continue
+        return out
 
     def transport(self, node: RegionNode, targets: tuple[int, ...]) -> Transport:
         return DeferredTransport(lambda: node.grpc_transport({j: self.lookup(j) for j in targets}, resolve=self.lookup))

@@ -15,7 +15,7 @@ from codistill.config import RunConfig, port_range
 from codistill.metrics import MetricsSink, NullMetrics, RegionMetrics
 from codistill.records import RegionData
 from codistill.region import serde
-from codistill.region.client import GrpcTransport
+from codistill.region.client import GrpcTransport, get_status
 from codistill.region.inbox import SYNC_VERSION_LEAD, PeerInbox
 from codistill.region.journal import Live
 from codistill.region.ports import bind_in_range
@@ -145,6 +145,11 @@ class RegionNode:
             keep_all=ex.mode == "sync",
         )
 
+    def peer_status(self, address: str, timeout_s: float = 5.0) -> RegionStatus:
+        """A peer's GetStatus, asked with this region's own credentials."""
+        token = region_token(self._secret, self.id) if self._secret else None
+        return get_status(address, timeout_s, token=token, tls=self._tls)
+
     def pause(self, seconds: float) -> None:
         """Hold incoming calls for `seconds` (a hung region, for chaos)."""
         if self.servicer is not None:
@@ -175,7 +180,8 @@ class RegionNode:
             region=self.id,
             state=live.state,
             step=live.step,
-            version=live.version,
+            # The newest round published, already while the region waits for its peers' share of it.
+            version=max(live.version, inbox.own_version) if inbox else live.version,
             test_accuracy=live.test_accuracy,
             bytes_sent=live.bytes_sent,
             bytes_received=inbox.bytes_received() if inbox else 0,

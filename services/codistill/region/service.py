@@ -39,6 +39,8 @@ class Network(Protocol):
 
     def transport(self, node: RegionNode, targets: tuple[int, ...]) -> Transport: ...
 
+    def peer_versions(self, node: RegionNode, peers: tuple[int, ...]) -> dict[int, int]: ...
+
 
 class Region:
     def __init__(self, plan: RegionPlan, node: RegionNode, loop: RegionLoop, transport: Transport):
@@ -112,6 +114,10 @@ def build_region(
         checkpoint_dir=checkpoint_dir, restarts=restarts,
     )
     network.register(node)
+    if restarts and cfg.exchange.mode == "sync":
+        # Restored mid-run: the rounds its peers have already published will not be sent again.
+        for peer, version in network.peer_versions(node, tuple(plan.receives_from)).items():
+            inbox.seen_at(peer, version)
     return Region(plan, node, loop, transport)
 
 

@@ -76,7 +76,7 @@ def test_region_killed_mid_run_resumes_from_its_checkpoint(local_ray, tiny_cfg, 
     resumes = [r for r in records if r["kind"] == "resume"]
     assert [r["region"] for r in resumes] == [victim] and resumes[0]["from_step"] >= last_checkpoint
     # Peers found the restarted region at its new address and delivered to it again.
-    after = [r for r in records if r["kind"] == "publish" and r["region"] != victim and r["time"] > resumes[0]["time"] + 5]
+    after = [r for r in records if r["kind"] == "publish" and r["region"] != victim and r["time"] > resumes[0]["time"]]
     assert after and any(r["delivered"] == 3 for r in after)
     assert crashed["regions"][victim]["bytes_received"] > 0
 

@@ -125,6 +125,14 @@ class Engine:
     def docker(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
         return run(["docker", *args], env=self.env, timeout=timeout, check=check)
 
+    def inventory(self) -> dict[str, set[str]]:
+        """Every container, network and volume on this engine (a private one: only the test makes them)."""
+        return {
+            "containers": set(self.docker("ps", "-a", "--format", "{{.Names}}").stdout.split()),
+            "networks": set(self.docker("network", "ls", "--format", "{{.Name}}").stdout.split()) - {"host", "none", "bridge"},
+            "volumes": set(self.docker("volume", "ls", "--format", "{{.Name}}").stdout.split()),
+        }
+
 
 def stop_dockerd(proc_or_pid: subprocess.Popen | int) -> None:
     pid = proc_or_pid.pid if isinstance(proc_or_pid, subprocess.Popen) else proc_or_pid
@@ -212,20 +220,18 @@ class Stack:
     config: dict  # its services, volumes, ...
     dashboard_url: str
     prometheus_url: str
+    before: dict[str, set[str]]  # the engine's containers, networks and volumes before `up`
 
     def compose(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-        return run(["docker-compose", "-p", PROJECT, "-f", str(self.file), *args], env=self.env, timeout=timeout, check=check)
+        return compose(self.env, self.file, *args, timeout=timeout, check=check)
 
     def volume(self, name: str) -> Path:
         """Where the stack's named volume lies on this machine (the test runs as root beside the engine)."""
         return Path(self.engine.docker("volume", "inspect", f"{PROJECT}_{name}", "--format", "{{.Mountpoint}}").stdout.strip())
 
-    def leftovers(self) -> dict[str, list[str]]:
-        label = f"label=com.docker.compose.project={PROJECT}"
-        return {
-            kind: self.engine.docker(*cmd, "--filter", label, "--format", "{{.Name}}" if kind != "containers" else "{{.Names}}").stdout.split()
-            for kind, cmd in (("containers", ("ps", "-a")), ("networks", ("network", "ls")), ("volumes", ("volume", "ls")))
-        }
+
+def compose(env: dict[str, str], file: Path, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    return run(["docker-compose", "-p", PROJECT, "-f", str(file), *args], env=env, timeout=timeout, check=check)
 
 
 def stack_env(engine: Engine) -> tuple[dict[str, str], str, str]:
@@ -266,8 +272,8 @@ def stack(engine: Engine, tmp_path_factory) -> Iterator[Stack]:
     build = run(["docker-compose", "-p", PROJECT, *files, "build", "codistill", "prometheus"], env=env, timeout=900, check=False)
     assert build.returncode == 0, (build.stdout + build.stderr)[-4000:]
     file, config = host_network_file(env, tmp_path_factory.mktemp("compose") / "docker-compose.yml")
-    s = Stack(engine, env, file, config, dashboard_url, prometheus_url)
-    s.compose("down", "-v", "--remove-orphans")  # whatever an interrupted earlier run left
+    compose(env, file, "down", "-v", "--remove-orphans")  # whatever an interrupted earlier run left
+    s = Stack(engine, env, file, config, dashboard_url, prometheus_url, engine.inventory())
     try:
         s.compose("up", "-d", "--no-build", "ray-head", "ray-worker", "ray-worker-2", "prometheus", "codistill")
         yield s
@@ -315,9 +321,11 @@ def watch_strategy(s: Stack, targets_dir: Path, strategy: str) -> StrategyWatch:
     sd = targets_dir / f"targets-{strategy}.json"
 
     def groups():
+        if sd.exists():
+            return json.loads(sd.read_text())
         if job_state(s)[0] == "exited":
             raise AssertionError(f"the job ended before {sd.name} appeared:\n{s.compose('logs', 'codistill').stdout[-3000:]}")
-        return sd.exists() and json.loads(sd.read_text())
+        return None
 
     found = wait_for(groups, 300, sd.name)
     regions = tuple(a for g in found if g["labels"]["role"] == "region" for a in g["targets"])
@@ -330,7 +338,10 @@ def watch_strategy(s: Stack, targets_dir: Path, strategy: str) -> StrategyWatch:
     try:
         seen = wait_for(lambda: (lambda h: h if set(h) >= addresses and all(v == "up" for v in h.values()) else None)(health()), 60, f"every {strategy} target up")
     except AssertionError:
-        seen = health()  # the test names what was not up
+        try:
+            seen = health()  # the test names what was not up
+        except OSError:
+            seen = {}  # Prometheus itself is not answering
     return StrategyWatch(strategy, regions, seen)
 
 
@@ -451,6 +462,6 @@ def test_the_files_grafana_mounts_exist_and_parse(stack: Stack):
 
 
 def test_down_removes_every_container_network_and_volume(stack: Stack, job: Job):
-    assert any(stack.leftovers().values())  # the stack is still there before `down`
+    assert stack.engine.inventory() != stack.before  # the stack is still there before `down`
     stack.compose("down", "-v", "--remove-orphans")
-    assert stack.leftovers() == {"containers": [], "networks": [], "volumes": []}
+    assert stack.engine.inventory() == stack.before

@@ -41,11 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="train regions and report their accuracy")
     r.add_argument("config", nargs="?", help="YAML config (see configs/); not with --resume")
-    r.add_argument("--resume", type=Path, metavar="RUN_DIR",
+    r.add_argument("--resume", type=_user_path, metavar="RUN_DIR",
                    help="continue a stopped or killed run from its folder and its regions' checkpoints")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set regions.count=8 (repeatable)")
-    r.add_argument("--out", type=Path, help="output folder (default runs/<timestamp>-<name>/)")
+    # ~ expanded here too: `ray job submit -- codistill run ... --out ~/runs/x` passes it on unexpanded.
+    r.add_argument("--out", type=_user_path, help="output folder (default runs/<timestamp>-<name>/)")
     r.add_argument("--compare", default="", help=f"also run these strategies on the same split, comma-separated: {','.join(STRATEGIES)}")
     r.add_argument("--address", help="join an existing Ray cluster (default: $RAY_ADDRESS, else start Ray locally)")
     r.add_argument("--force", action="store_true", help="write into an existing, non-empty output folder")
@@ -60,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     cert.add_argument("--force", action="store_true", help="replace existing certificates in FOLDER")
     b = sub.add_parser("bench", help="run a benchmark suite: strategies x settings on identical splits")
     b.add_argument("suite", type=Path, help="suite YAML (see benchmarks/suites/)")
-    b.add_argument("--out", type=Path, help="output folder (default runs/bench-<suite name>/); finished cells are reused")
+    b.add_argument("--out", type=_user_path, help="output folder (default runs/bench-<suite name>/); finished cells are reused")
     b.add_argument("--seeds", type=int, help="seeds per row, overriding the suite")
     b.add_argument("--report", type=Path, help="where the Markdown report goes (default OUT/report.md); plots go next to it in plots/")
     b.add_argument("--cached-only", action="store_true", help="run nothing: report on the cells finished so far")
@@ -92,6 +93,10 @@ def _importable_from_cwd() -> None:
     here = os.getcwd()
     if here not in sys.path and "" not in sys.path:
         sys.path.insert(0, here)
+
+
+def _user_path(text: str) -> Path:
+    return Path(text).expanduser()
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:

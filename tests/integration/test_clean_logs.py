@@ -23,3 +23,6 @@ def test_a_clean_quickstart_run_logs_no_error_line(tmp_path):
     lines = (res.stdout + res.stderr).splitlines()
     alarming = [line for line in lines if RAY_ERROR.match(line) or re.search(r"\b(ERROR|Traceback)\b", line)]
     assert not alarming, alarming
+    # Nor Ray's banners (token auth stays on; its announcement is kept off the screen).
+    banners = [line for line in lines if "Token authentication is" in line or "WARNING" in line]
+    assert not banners, banners

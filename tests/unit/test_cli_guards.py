@@ -50,3 +50,13 @@ def test_fail_prints_one_line_whatever_the_message_holds(capsys):
     assert cli._fail(Console(width=80), "first\nsecond [/red] third", 2) == 2
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["codistill: error: first second [/red] third"], lines
+
+
+def test_out_and_resume_expand_the_home_folder(monkeypatch, tmp_path):
+    # A job started with `ray job submit -- codistill run ... --out ~/runs/x` gets the ~ unexpanded.
+    from codistill import cli
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = cli._parser().parse_args(["run", "c.yaml", "--out", "~/runs/x"])
+    assert args.out == tmp_path / "runs" / "x"
+    assert cli._parser().parse_args(["run", "--resume", "~/runs/x"]).resume == tmp_path / "runs" / "x"

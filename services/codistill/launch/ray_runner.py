@@ -8,6 +8,7 @@ predictions travel region to region, never through the driver.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import uuid
@@ -137,6 +138,9 @@ def ensure_ray(cfg: RunConfig, address: str | None) -> bool:
         ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env)
         return False
     keep_local_ray_on_loopback()
+    # Ray turns token auth on for a new local cluster (good) and announces it on every start; the
+    # announcement is noise on a user's screen, so only that logger is quietened.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     needed = math.ceil(cfg.regions.count * cfg.regions.num_cpus)
     num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, needed)
     # address="local": a Ray of this run's own, never a `ray start` cluster that happens to run on this machine.

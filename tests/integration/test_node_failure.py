@@ -35,7 +35,9 @@ FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500
 def run_on_cluster(tmp_path: Path, name: str, kill: bool) -> tuple[dict, dict]:
     with loopback_cluster(workers=2, worker_cpus=4, system_config=FAST_HEALTH) as cluster:
         out, store = tmp_path / name, tmp_path / f"{name}-store"
-        proc = start_codistill("run", QUICKSTART, *RUN, "--set", f"storage=file://{store}", "--set", "monitor.linger_s=6",
+        # Killed: the endpoints stay up a while after training, so the restarted regions' counters get read.
+        linger = 30 if kill else 0
+        proc = start_codistill("run", QUICKSTART, *RUN, "--set", f"storage=file://{store}", "--set", f"monitor.linger_s={linger}",
                                "--address", cluster.address, "--out", str(out))
         seen = {}
         try:
@@ -78,16 +80,20 @@ def watch_restart_counters(out: Path, deadline: float) -> dict[int, float]:
     while time.monotonic() < deadline:
         counts = {}
         try:
-            for group in json.loads(sd.read_text()):
-                if group["labels"]["role"] != "region":
-                    continue
+            groups = json.loads(sd.read_text())
+        except (OSError, ValueError):  # not written yet, or being replaced
+            groups = []
+        for group in groups:
+            if group["labels"]["role"] != "region":
+                continue
+            try:  # a lost region's old address answers nothing until the file lists its new one
                 body = urllib.request.urlopen(f"http://{group['targets'][0]}/metrics", timeout=2).read().decode()
-                for line in body.splitlines():
-                    if line.startswith("codistill_restarts_total{"):
-                        region = int(line.split('region="')[1].split('"')[0])
-                        counts[region] = float(line.rsplit(" ", 1)[1])
-        except (OSError, ValueError, KeyError):
-            pass
+            except OSError:
+                continue
+            for line in body.splitlines():
+                if line.startswith("codistill_restarts_total{"):
+                    region = int(line.split('region="')[1].split('"')[0])
+                    counts[region] = float(line.rsplit(" ", 1)[1])
         if any(v >= 1 for v in counts.values()):
             return counts
         time.sleep(0.5)

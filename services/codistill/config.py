@@ -216,9 +216,6 @@ class RegionsConfig(_Strict):
     placement: Literal["auto", "spread", "pack"] = "auto"
     # Regions pinned to machines by custom resource or node label; the others follow `placement`.
     pins: list[PinConfig] = Field(default_factory=list)
-    # Regions hosted by one Ray worker process (one interpreter and torch, each region its own model,
-    # optimiser, inbox and endpoint): many cheap regions on one machine. Its Ray resources: G x num_cpus.
-    per_process: Int = Field(1, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _models_length(self) -> RegionsConfig:

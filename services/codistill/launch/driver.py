@@ -124,6 +124,7 @@ def _watch(runner: Runner, monitor: RunMonitor, on_progress: Progress | None, in
             on_progress(snapshots, monitor.drain())
         if done:
             break
+    monitor.set_targets(runner.metrics_targets())  # a region restarted since the last look: its final values get scraped
     return runner.results()
 
 

@@ -24,7 +24,7 @@ system-deps:
 	fi
 
 test: install system-deps
-	$(BIN)/python -m pytest -ra -m "not flaky"
+	$(BIN)/python -m pytest -ra
 
 test-unit: install
 	$(BIN)/python -m pytest -ra tests/unit

@@ -17,6 +17,7 @@ import warnings
 import ray
 import ray.util
 import torch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from codistill import plugins
 from codistill.config import RunConfig
@@ -174,12 +175,17 @@ class RayRunner:
         )
         bundles = self._pack_group()
         tag = f"codistill-{self.run_id}-{cfg.strategy}-{uuid.uuid4().hex[:8]}"
-        self.directory = ray.remote(RegionDirectory).options(num_cpus=0, name=f"{tag}-directory").remote()
+        # The run's directory and hub live on the driver's node: the run ends with that node anyway,
+        # and a worker node that dies must not take them (its regions restart by asking them).
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.directory = ray.remote(RegionDirectory).options(num_cpus=0, name=f"{tag}-directory", scheduling_strategy=here).remote()
         hub, hub_name = None, None
         if any(p.role is Role.WEIGHTS for p in self.plans):
             sizes = [len(p.labeled) for p in self.plans]
             hub_name = f"{tag}-hub"
-            hub = ray.remote(WeightAverager).options(num_cpus=0, max_concurrency=len(self.plans) + 2, name=hub_name).remote(sizes)
+            hub = ray.remote(WeightAverager).options(
+                num_cpus=0, max_concurrency=len(self.plans) + 2, name=hub_name, scheduling_strategy=here,
+            ).remote(sizes)
         self._hub = hub  # named actors live while a handle does
         ray.get([self.directory.share.remote(p.id, arrays) for p, arrays in zip(self.plans, self._arrays())])
         for p in self.plans:

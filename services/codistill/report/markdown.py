@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from codistill.report import budget
 from codistill.report.aggregate import KiB, MiB
 from codistill.report.targets import headline_keys
 
@@ -109,6 +110,7 @@ def write_report(doc: dict, cells: list[dict], path: Path, command: str) -> Path
     L = _header(doc, command) + _targets(doc)
     if doc.get("commentary"):
         L += [doc["commentary"].strip(), ""]
+    L += budget.section(doc, cells, figures("accuracy_against_bytes", "Accuracy against bytes sent per region, both strategies."))
     L += _comparisons(doc) + _transport_agreement(doc) + _headline_rows(doc, figures) + _hidden_class(doc, figures)
     L += _lying(doc, figures) + _sweeps(doc, figures) + _other_rows(doc, cells)
     L += figures("accuracy", "Mean region accuracy for every row and strategy.")
@@ -126,6 +128,7 @@ def _draw(doc: dict, cells: list[dict], folder: Path) -> dict[str, Path | None]:
         "error_reduction_vs_regions": plots.error_reduction_vs_regions(doc, headline, folder) if headline else None,
         "hidden_class_recall": plots.hidden_class_recall(doc, names.get("omit", ""), folder),
         "bytes_vs_accuracy": plots.bytes_vs_accuracy(doc, names.get("skew", ""), folder),
+        "accuracy_against_bytes": plots.accuracy_against_bytes(doc, cells, folder),
         "accuracy_vs_staleness": plots.accuracy_vs_staleness(doc, folder),
         "attention_heatmap": plots.attention_heatmaps(
             cells, lying_row, sorted({x["spec"] for x in doc.get("lying", []) if x["row"] == lying_row}), folder

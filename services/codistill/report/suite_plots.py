@@ -198,3 +198,39 @@ def accuracy_by_row(doc: dict, folder: Path) -> Path:
     ax.set(ylabel="mean region test accuracy (%)", ylim=(0, 100), title=f"Accuracy per row and strategy: {doc['suite']}")
     ax.legend(fontsize=7, ncol=5, loc="lower left")
     return _save(fig, folder / "accuracy.png")
+
+
+def accuracy_against_bytes(doc: dict, cells: list[dict], folder: Path) -> Path | None:
+    """Both strategies' byte sweeps: one line per sweep (codistill per encoding, fedavg per treatment)."""
+    from codistill.report import budget
+
+    pts = budget.points(doc, cells)
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    sweeps: dict[str, list] = defaultdict(list)
+    for p in pts:
+        sweeps[p.sweep].append(p)
+    markers = iter("osD^vP*X")
+    for sweep, members in sorted(sweeps.items()):
+        members.sort(key=lambda p: p.bytes_sent)
+        family = members[0].family
+        x = [p.bytes_sent / MiB for p in members]
+        y = [100 * p.test_mean for p in members]
+        err = [100 * p.test_std for p in members]
+        color = _color("fedavg") if family == budget.FEDAVG else None
+        name = sweep[len(budget.PREFIX):]
+        ax.errorbar(x, y, yerr=err, marker=next(markers, "o"), capsize=3, color=color, label=name,
+                    linestyle="--" if family == budget.FEDAVG else "-")
+        for p in members:
+            ax.annotate(p.label.split(", ")[-1], (p.bytes_sent / MiB, 100 * p.test_mean), fontsize=6, xytext=(4, 4), textcoords="offset points")
+    refs = next((doc["rows"][r] for r in doc["rows"] if {"independent", "centralized"} & set(doc["rows"][r])), {})
+    for spec in ("independent", "centralized"):
+        if spec in refs:
+            ax.axhline(100 * refs[spec]["mean_test_accuracy"]["mean"], color=_color(spec), linestyle=":", label=f"{spec} (reference)")
+    ax.set(xscale="log", xlabel="MiB sent per region over the run (log)", ylabel="mean region test accuracy (%)",
+           title="Accuracy against bytes: codistill (solid, per encoding) vs fedavg (dashed)\n(± over seeds; labels: examples a round / averaging interval)")
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, folder / "accuracy_against_bytes.png")

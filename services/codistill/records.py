@@ -223,6 +223,23 @@ class RegionResult:
         return d
 
 
+@dataclass(frozen=True)
+class ResidentMemory:
+    """A strategy's peak resident memory while it trained (codistill.launch.memory).
+
+    `peak_total_bytes`: the largest sum over the counted processes (`scope`) at one sample.
+    `peak_region_bytes`: with Ray, the largest peak of a region-hosting process divided by the regions it
+    hosts; in one process, (peak total - total before the regions were built) / regions; None where the
+    regions' processes were not counted (a cluster this process joined). `measure`: pss or rss.
+    """
+
+    measure: str
+    peak_total_bytes: int
+    peak_region_bytes: int | None
+    scope: str
+    samples: int = 0
+
+
 @dataclass(frozen=True, eq=False)
 class StrategyResult:
     strategy: str
@@ -233,6 +250,7 @@ class StrategyResult:
     ensemble_validation_accuracy: float = float("nan")
     wall_seconds_this_run: float | None = None  # training in this invocation (None: the same as wall_seconds)
     linger_seconds: float = 0.0  # endpoints kept up after training (monitor.linger_s), not in the figures above
+    memory: ResidentMemory | None = None  # sampled over this invocation (None: not measured)
 
     @property
     def mean_test_accuracy(self) -> float:
@@ -262,7 +280,17 @@ class StrategyResult:
             "wall_seconds": self.wall_seconds,
             "wall_seconds_this_run": self.wall_seconds if self.wall_seconds_this_run is None else self.wall_seconds_this_run,
             "linger_seconds": self.linger_seconds,
+            **self._memory_json(),
             "regions": [r.to_json() for r in self.regions],
+        }
+
+    def _memory_json(self) -> dict[str, Any]:
+        m = self.memory
+        return {
+            "peak_total_resident_bytes": m.peak_total_bytes if m else None,
+            "peak_region_resident_bytes": m.peak_region_bytes if m else None,
+            "resident_measure": m.measure if m else None,
+            "resident_scope": m.scope if m else None,
         }
 
 

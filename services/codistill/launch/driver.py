@@ -26,6 +26,7 @@ from codistill.errors import ResumeError
 from codistill.launch import placement
 from codistill.launch.interrupt import Interrupts, deferred_interrupts
 from codistill.launch.loopback import keep_local_ray_on_loopback
+from codistill.launch.memory import RunMemory
 from codistill.launch.monitor import RunMonitor, ensemble_accuracy
 from codistill.launch.plan import plan_regions
 from codistill.records import DatasetInfo, ProgressSnapshot, RegionPlan, RegionResult, RunEvent, RunState, StrategyResult, write_json
@@ -79,20 +80,24 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
+Placed = Callable[[Runner], None]
+
+
 def supervise(
     runner: Runner, monitor: RunMonitor, on_progress: Progress | None, linger_s: float = 0.0,
-    announce: Callable[[str], None] | None = None,
+    announce: Callable[[str], None] | None = None, placed: Placed | None = None,
 ) -> Supervised:
     """Start the regions, watch them until every one has finished, and return their results.
 
     Stops them early once the monitor says the run converged (monitor.stop_when_converged).
     On Ctrl-C, stops the regions, waits for them to drain and raises Stopped.
+    `placed(runner)` is called once the regions have started and again before their results are read.
     """
     start = time.perf_counter()
     try:
         try:
             with deferred_interrupts() as interrupts:
-                results = _watch(runner, monitor, on_progress, interrupts)
+                results = _watch(runner, monitor, on_progress, interrupts, placed)
         except KeyboardInterrupt:
             _drain(runner, monitor, on_progress)
             raise Stopped(time.perf_counter() - start) from None
@@ -104,11 +109,15 @@ def supervise(
         runner.close()
 
 
-def _watch(runner: Runner, monitor: RunMonitor, on_progress: Progress | None, interrupts: Interrupts) -> list[RegionResult]:
+def _watch(
+    runner: Runner, monitor: RunMonitor, on_progress: Progress | None, interrupts: Interrupts, placed: Placed | None = None,
+) -> list[RegionResult]:
     """Start the regions and poll them until every one has finished; stop them once the run converged.
 
     A Ctrl-C pressed meanwhile surfaces here, as KeyboardInterrupt, at the next poll."""
     runner.start()
+    if placed:
+        placed(runner)
     monitor.set_targets(runner.metrics_targets())
     stopping, polls = False, 0
     while True:
@@ -125,6 +134,8 @@ def _watch(runner: Runner, monitor: RunMonitor, on_progress: Progress | None, in
         if done:
             break
     monitor.set_targets(runner.metrics_targets())  # a region restarted since the last look: its final values get scraped
+    if placed:  # a region restarted since the start runs in a new process
+        placed(runner)
     return runner.results()
 
 
@@ -213,7 +224,9 @@ def run_strategy(
     runner = _runner(cfg.model_copy(update={"strategy": strategy}), split, strategy, run_id, address, announce, checkpoints)
     sd_folder = out_dir / "prometheus" if out_dir is not None else None
     monitor = RunMonitor(cfg.monitor, run_id, strategy, split.dataset.test.y, len(runner.plans), runner.host, sd_folder, announce)
-    done = supervise(runner, monitor, on_progress, cfg.monitor.linger_s, announce)
+    # Sampled from before the regions are built (the in-process baseline) until they are closed.
+    with RunMemory(cfg.exchange.transport != "inprocess", len(runner.plans)) as memory:
+        done = supervise(runner, monitor, on_progress, cfg.monitor.linger_s, announce, placed=memory.placed)
     results = done.results
     return StrategyResult(
         strategy,
@@ -224,6 +237,7 @@ def run_strategy(
         ensemble_accuracy([r.validation_probs for r in results], split.dataset.train.y[split.validation]),
         wall_seconds_this_run=done.train_seconds,
         linger_seconds=done.linger_seconds,
+        memory=memory.figures(),
     )
 
 

@@ -203,7 +203,8 @@ def plot_scale(points: list[ScalePoint], folder: Path) -> Path | None:
     ticks = sorted({p.regions for p in points})
     for ax, (label, value) in zip(axes, panels):
         for spec in dict.fromkeys(p.spec for p in points):
-            xy = [(p.regions, value(p)) for p in points if p.spec == spec and value(p) is not None]
+            # A strategy that sends nothing has no bytes curve worth drawing.
+            xy = [(p.regions, value(p)) for p in points if p.spec == spec and value(p) is not None and (ax is not axes[2] or value(p) > 0)]
             if xy:
                 ax.plot(*zip(*xy), marker="o", label=spec)
         ax.set_xscale("log")
@@ -211,6 +212,7 @@ def plot_scale(points: list[ScalePoint], folder: Path) -> Path | None:
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("regions N")
         ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)  # from zero: the budget line and flatness read true
         ax.grid(alpha=0.3)
     axes[0].axhline(BUDGET_GIB, color="tab:red", linestyle="--", linewidth=1, label=f"{BUDGET_GIB:g} GiB budget")
     axes[0].legend(fontsize=7)

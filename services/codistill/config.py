@@ -125,6 +125,8 @@ class RegionsConfig(_Strict):
     placement: Literal["auto", "spread", "pack"] = "auto"
     # Regions pinned to machines by custom resource or node label; the others follow `placement`.
     pins: list[PinConfig] = Field(default_factory=list)
+    # Regions sharing one Ray worker process (one interpreter and torch, G x num_cpus): many cheap regions per machine.
+    per_process: Int = Field(1, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _models_length(self) -> RegionsConfig:

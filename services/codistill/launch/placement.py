@@ -53,15 +53,23 @@ def needs(regions: RegionsConfig, pin: PinConfig | None) -> dict[str, float]:
 
 
 def check_pins(regions: RegionsConfig, nodes: list[NodeOffer]) -> None:
-    """Refuse, before anything starts, a pin no live node can satisfy (one line: the region and what it asks)."""
-    for pin in regions.pins:
-        asked = needs(regions, pin)
+    """Refuse, before anything starts, a pin no live node can satisfy (one line: the region and what it asks).
+
+    A pin places the whole process hosting its region (`regions.per_process`), so a node must hold the
+    group's CPUs and GPUs with the pin's resources and labels; regions of one group pinned apart are refused.
+    """
+    for members in groups(regions):
+        pin = group_pin(regions, members)
+        if pin is None:
+            continue
+        asked = group_needs(regions, members, pin)
         if any(_fits(asked, pin.labels, node) for node in nodes):
             continue
         missing = _missing(asked, pin.labels, nodes)
         offered = sorted({k for n in nodes for k in n.resources if not k.startswith("node:")} - {"memory", "object_store_memory"})
+        shared = f" (with regions {members[0]}..{members[-1]} of its process)" if len(members) > 1 else ""
         raise PlacementError(
-            f"regions.pins: region {pin.region} needs {missing}, which no node of the cluster has "
+            f"regions.pins: region {pin.region}{shared} needs {missing}, which no node of the cluster has "
             f"(resources offered: {', '.join(offered) or 'none'}; add them with `ray start --resources` or `--labels`)"
         )
 
@@ -86,9 +94,13 @@ def actor_options(regions: RegionsConfig, local: bool, region: int, bundle: int 
 
     `group`, `bundle`: the PACK placement group and this region's bundle in it (pack mode, unpinned regions).
     """
+    pin = next((p for p in regions.pins if p.region == region), None)
+    return _options(regions, local, pin, bundle, group)
+
+
+def _options(regions: RegionsConfig, local: bool, pin: PinConfig | None, bundle: int | None, group: Any) -> dict[str, Any]:
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    pin = next((p for p in regions.pins if p.region == region), None)
     options: dict[str, Any] = {}
     if pin is not None:
         if pin.resources:
@@ -107,3 +119,43 @@ def pack_bundles(regions: RegionsConfig) -> list[int]:
     """The regions a PACK placement group holds: every region not pinned (pins choose their own nodes)."""
     pinned = {p.region for p in regions.pins}
     return [i for i in range(regions.count) if i not in pinned]
+
+
+# Regions hosted together: `regions.per_process` of them share one Ray actor (one worker process).
+# Pins, spread and pack then apply to the group, the unit Ray places and restarts.
+
+
+def groups(regions: RegionsConfig) -> list[tuple[int, ...]]:
+    """The regions each process hosts, in order: 0..G-1, G..2G-1, ...; the last group may be smaller."""
+    size = regions.per_process
+    return [tuple(range(start, min(start + size, regions.count))) for start in range(0, regions.count, size)]
+
+
+def group_pin(regions: RegionsConfig, members: tuple[int, ...]) -> PinConfig | None:
+    """The pin of a group: that of any of its regions, which must all agree (a process runs on one node)."""
+    pins = [p for p in regions.pins if p.region in members]
+    for other in pins[1:]:
+        if (other.resources, other.labels) != (pins[0].resources, pins[0].labels):
+            raise PlacementError(
+                f"regions.pins: regions {pins[0].region} and {other.region} share a process (regions.per_process="
+                f"{regions.per_process}) but are pinned differently; pin them alike or place them in different groups"
+            )
+    return pins[0] if pins else None
+
+
+def group_needs(regions: RegionsConfig, members: tuple[int, ...], pin: PinConfig | None) -> dict[str, float]:
+    """The resources one group asks for: each region's CPUs and GPUs, and its pin's resources once."""
+    asked = {k: v * len(members) for k, v in needs(regions, None).items()}
+    if pin is not None:
+        asked.update({k: float(v) for k, v in pin.resources.items()})
+    return asked
+
+
+def group_options(regions: RegionsConfig, local: bool, members: tuple[int, ...], bundle: int | None, group: Any = None) -> dict[str, Any]:
+    """Ray actor options placing the process that hosts `members` (as `actor_options` does for one region)."""
+    return _options(regions, local, group_pin(regions, members), bundle, group)
+
+
+def pack_groups(regions: RegionsConfig) -> list[int]:
+    """The groups a PACK placement group holds (by index in `groups`): every group without a pin."""
+    return [i for i, members in enumerate(groups(regions)) if group_pin(regions, members) is None]

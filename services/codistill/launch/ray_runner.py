@@ -13,6 +13,7 @@ import math
 import os
 import uuid
 import warnings
+from dataclasses import replace
 
 import ray
 import ray.util
@@ -66,65 +67,84 @@ class RegionDirectory:
         return dict(self.metrics)
 
 
-class RegionActor:
-    """Hosts one region inside a Ray worker process.
+class RegionHost:
+    """Hosts a group of regions (`regions.per_process` of them, usually one) inside one Ray worker process.
 
-    Built the same way on its first start and when Ray restarts it after a
-    crash; then `run` (retried by Ray) resumes from the region's checkpoint.
+    Each region is built exactly as it would be alone: its own model, optimiser, inbox, gRPC server and
+    /metrics, registered in the directory. Built the same way on its first start and when Ray restarts
+    the process after a crash; then each region's `run` (retried by Ray) resumes from its own checkpoint.
+    The regions run concurrently, one `run` call each on the actor's threads.
     """
 
-    def __init__(self, cfg: RunConfig, run_id: str, plan: RegionPlan, host: str | None, names: tuple[str, str | None], checkpoint_dir: Location | None):
+    def __init__(
+        self, cfg: RunConfig, run_id: str, plans: tuple[RegionPlan, ...], host: str | None, names: tuple[str, str | None],
+        checkpoint_dirs: tuple[Location | None, ...],
+    ):
         # No constructor argument is an object-store reference or an actor handle: Ray cannot promise
-        # those to a restarted actor. The run's directory and hub are found by name, and the region
+        # those to a restarted actor. The run's directory and hub are found by name, and each region
         # fetches its arrays from the directory, which holds them for the whole run, so a region
         # Ray restarts after a crash gets the very same objects.
         directory = ray.get_actor(names[0])
         hub = ray.get_actor(names[1]) if names[1] else None
-        arrays = ray.get(directory.arrays.remote(plan.id)) + []
-        data = RegionData(*ray.get(arrays[:5]), arrays[5], *ray.get(arrays[6:]))
         torch.set_num_threads(cfg.regions.torch_threads)
         self.directory = directory
         with warnings.catch_warnings():  # the property warns about an unrelated deprecation
             warnings.simplefilter("ignore")
             restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        restarts = 0
-        if restarted:
-            last = checkpoint.load_latest(checkpoint_dir) if checkpoint_dir else None
-            restarts = (last["restarts"] if last else 0) + 1
         network = GrpcNetwork(
             host or ray.util.get_node_ip_address(),
             register=lambda region, address, metrics: ray.get(directory.register.remote(region, address, metrics)),
             lookup=self._lookup,
             average=(lambda r, k, state: ray.get(hub.average.remote(r, k, state))) if hub is not None else None,
         )
-        self.region = build_region(cfg, plan, data, network, run_id=run_id, checkpoint_dir=checkpoint_dir, restarts=restarts)
+        self.regions = {
+            plan.id: _build(cfg, run_id, plan, directory, network, folder, restarted) for plan, folder in zip(plans, checkpoint_dirs)
+        }
 
     def _lookup(self, region: int) -> str | None:
         return ray.get(self.directory.lookup.remote(region), timeout=10)
 
+    def _region(self, region: int | None):
+        """One hosted region; the first when none is named."""
+        return self.regions[next(iter(self.regions)) if region is None else region]
+
     def ready(self) -> None:
-        """Returns once the region is built and registered."""
+        """Returns once every hosted region is built and registered."""
 
-    def run(self) -> RegionResult:
+    def run(self, region: int | None = None) -> RegionResult:
+        hosted = self._region(region)
         try:
-            return self.region.run()
+            return hosted.run()
         except Exception as exc:
-            raise RegionError(self.region.id, f"{type(exc).__name__}: {exc}") from None
+            raise RegionError(hosted.id, f"{type(exc).__name__}: {exc}") from None
 
-    def metrics_address(self) -> str | None:
-        return self.region.metrics_address
+    def metrics_address(self, region: int | None = None) -> str | None:
+        return self._region(region).metrics_address
 
-    def progress(self) -> ProgressSnapshot:
-        return self.region.progress()
+    def progress(self, region: int | None = None) -> ProgressSnapshot:
+        return self._region(region).progress()
 
     def stop(self) -> None:
-        self.region.stop()
+        for hosted in self.regions.values():
+            hosted.stop()
 
     def pid(self) -> int:
         return os.getpid()
 
     def close(self) -> None:
-        self.region.close()
+        for hosted in self.regions.values():
+            hosted.close()
+
+
+def _build(cfg: RunConfig, run_id: str, plan: RegionPlan, directory, network: GrpcNetwork, folder: Location | None, restarted: bool):
+    """One region of a host, its arrays from the directory, its restart count from its own checkpoints."""
+    arrays = ray.get(directory.arrays.remote(plan.id)) + []
+    data = RegionData(*ray.get(arrays[:5]), arrays[5], *ray.get(arrays[6:]))
+    restarts = 0
+    if restarted:
+        last = checkpoint.load_latest(folder) if folder else None
+        restarts = (last["restarts"] if last else 0) + 1
+    return build_region(cfg, plan, data, network, run_id=run_id, checkpoint_dir=folder, restarts=restarts)
 
 
 def ensure_ray(cfg: RunConfig, address: str | None) -> bool:
@@ -158,22 +178,20 @@ class RayRunner:
         self._group = None  # the PACK placement group, in pack mode
         self.bind = cfg.exchange.host if cfg.exchange.host != "auto" else (LOOPBACK if local else None)
         self.host = self.bind or ray.util.get_node_ip_address()  # where run-level metrics are served
-        self.actors: list = []
+        self.hosts: list = []  # one Ray actor per group of regions (regions.per_process)
+        self.actors: list = []  # the host of each region, by region
         self._pending: dict = {}
         self._results: dict[int, RegionResult] = {}
         self._last: list[ProgressSnapshot | None] = [None] * len(plans)
+        self._late: dict[int, list] = {i: [] for i in range(len(plans))}  # progress calls a poll gave up on, by region
 
     def start(self) -> None:
         cfg, restarts = self.cfg, self.cfg.fault.max_restarts if self.checkpoints else 0
-        actor = ray.remote(RegionActor)
-        options = dict(
-            num_cpus=cfg.regions.num_cpus,
-            num_gpus=cfg.regions.num_gpus,
-            max_concurrency=4,  # progress/status calls while run() is busy
-            max_restarts=restarts,
-            max_task_retries=restarts,  # run() resumes from the checkpoint on the restarted actor
-        )
-        bundles = self._pack_group()
+        groups = placement.groups(cfg.regions)
+        for members in groups:
+            placement.group_pin(cfg.regions, members)  # refuse conflicting pins before anything starts
+        host = ray.remote(RegionHost)
+        bundles = self._pack_group(groups)
         tag = f"codistill-{self.run_id}-{cfg.strategy}-{uuid.uuid4().hex[:8]}"
         # The run's directory and hub live on the driver's node: the run ends with that node anyway,
         # and a worker node that dies must not take them (its regions restart by asking them).
@@ -188,31 +206,45 @@ class RayRunner:
             ).remote(sizes)
         self._hub = hub  # named actors live while a handle does
         ray.get([self.directory.share.remote(p.id, arrays) for p, arrays in zip(self.plans, self._arrays())])
-        for p in self.plans:
-            folder = self.checkpoints.child(f"region-{p.id}") if self.checkpoints else None
-            where = placement.actor_options(cfg.regions, self.local, p.id, bundles.get(p.id), self._group)
-            self.actors.append(actor.options(**options, **where).remote(cfg, self.run_id, p, self.bind, (f"{tag}-directory", hub_name), folder))
-        _gather([a.ready.remote() for a in self.actors], self.plans)
-        self._pending = {a.run.remote(): i for i, a in enumerate(self.actors)}
+        self.actors = [None] * len(self.plans)
+        for g, members in enumerate(groups):
+            plans = tuple(self.plans[i] for i in members)
+            folders = tuple(self.checkpoints.child(f"region-{p.id}") if self.checkpoints else None for p in plans)
+            options = dict(
+                num_cpus=cfg.regions.num_cpus * len(members),
+                num_gpus=cfg.regions.num_gpus * len(members),
+                max_concurrency=2 * len(members) + 2,  # each region's run(), plus progress/status calls while they are busy
+                max_restarts=restarts,
+                max_task_retries=restarts,  # each run() resumes from its region's checkpoint on the restarted actor
+            )
+            where = placement.group_options(cfg.regions, self.local, members, bundles.get(g), self._group)
+            handle = host.options(**options, **where).remote(cfg, self.run_id, plans, self.bind, (f"{tag}-directory", hub_name), folders)
+            self.hosts.append(handle)
+            for i in members:
+                self.actors[i] = handle
+        _gather([h.ready.remote() for h in self.hosts], [self.plans[members[0]] for members in groups])
+        self._pending = {a.run.remote(p.id): i for i, (a, p) in enumerate(zip(self.actors, self.plans))}
 
-    def _pack_group(self) -> dict[int, int]:
-        """pack: one placement group (PACK) holding every unpinned region; returns each one's bundle index."""
+    def _pack_group(self, groups: list[tuple[int, ...]]) -> dict[int, int]:
+        """pack: one placement group (PACK) holding every unpinned group of regions; returns each one's bundle index."""
         regions = self.cfg.regions
         if placement.mode(regions, self.local) != "pack":
             return {}
-        members = placement.pack_bundles(regions)
+        members = placement.pack_groups(regions)
         if not members:
             return {}
-        shape = placement.needs(regions, None)
-        self._group = ray.util.placement_group([dict(shape) for _ in members], strategy="PACK")
+        shapes = [placement.group_needs(regions, groups[g], None) for g in members]
+        self._group = ray.util.placement_group(shapes, strategy="PACK")
         try:
             ray.get(self._group.ready(), timeout=PLACEMENT_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
+            held = sum(len(groups[g]) for g in members)
+            shared = f" in {len(members)} processes" if regions.per_process > 1 else ""
             raise PlacementError(
-                f"regions.placement: pack: the cluster cannot hold {len(members)} regions of {shape} "
+                f"regions.placement: pack: the cluster cannot hold {held} regions of {placement.needs(regions, None)}{shared} "
                 f"within {PLACEMENT_TIMEOUT_S:g} s (free: {ray.available_resources()})"
             ) from None
-        return {region: i for i, region in enumerate(members)}
+        return {g: i for i, g in enumerate(members)}
 
     def _arrays(self) -> list[tuple]:
         """Each region's arrays; the shared ones go through the object store once, not once per region."""
@@ -239,36 +271,60 @@ class RayRunner:
 
     def _progress(self, timeout_s: float = 2.0) -> list[ProgressSnapshot]:
         """Progress of every region; a region that is restarting keeps its last snapshot."""
-        refs = [a.progress.remote() for a in self.actors]
+        refs = [a.progress.remote(p.id) for a, p in zip(self.actors, self.plans)]
         ready = set(ray.wait(refs, num_returns=len(refs), timeout=timeout_s)[0])
         for i, ref in enumerate(refs):
             if ref in ready:
                 try:
-                    self._last[i] = ray.get(ref)
+                    self._last[i] = self._with_late(i, ray.get(ref))
                     continue
                 except ray.exceptions.RayError:
                     pass
+            else:
+                self._late[i].append(ref)
             if self._last[i] is not None:
                 self._last[i] = self._last[i].restarting()
         return [snap or ProgressSnapshot.placeholder(i) for i, snap in enumerate(self._last)]
 
+    def _with_late(self, i: int, snap: ProgressSnapshot) -> ProgressSnapshot:
+        """`snap` plus the records of the region's earlier calls that answered after their poll gave up on them.
+
+        Each call drains the records it returns (a restarted region's resume among them), so a late
+        answer must still be read, not dropped.
+        """
+        if not self._late[i]:
+            return snap
+        answered, self._late[i] = ray.wait(self._late[i], num_returns=len(self._late[i]), timeout=0)
+        records, evals = (), ()
+        for ref in answered:
+            try:
+                late = ray.get(ref)
+            except ray.exceptions.RayError:  # asked of an incarnation that died: it drained nothing
+                continue
+            records, evals = records + tuple(late.records), evals + tuple(late.evals)
+        return replace(snap, records=records + tuple(snap.records), evals=evals + tuple(snap.evals)) if records or evals else snap
+
     def stop(self) -> None:
-        ray.get([a.stop.remote() for a in self.actors])
+        ray.get([h.stop.remote() for h in self.hosts])
 
     def metrics_targets(self) -> dict[int, str]:
         """Where regions serve metrics now (a restarted region serves on a new port)."""
         return ray.get(self.directory.metrics_targets.remote())
 
+    def region_pids(self) -> list[int]:
+        """The worker process hosting each region now, by region."""
+        return ray.get([a.pid.remote() for a in self.actors])
+
     def results(self) -> list[RegionResult]:
         return [self._results[i] for i in range(len(self.plans))]
 
     def close(self) -> None:
-        for a in self.actors:
+        for h in self.hosts:
             try:
-                ray.get(a.close.remote(), timeout=10)
+                ray.get(h.close.remote(), timeout=10)
             except Exception:
                 pass
-            ray.kill(a)
+            ray.kill(h)
         if self._group is not None:
             ray.util.remove_placement_group(self._group)
 

@@ -28,7 +28,7 @@ from codistill.launch.fedavg import WeightAverager
 from codistill.launch import placement
 from codistill.launch.loopback import keep_local_ray_on_loopback
 from codistill.launch.placement import PlacementError
-from codistill.launch.plan import region_data
+from codistill.launch.plan import SharedData, region_data
 from codistill.records import ProgressSnapshot, RegionData, RegionPlan, RegionResult, Role
 from codistill.region import checkpoint
 from codistill.region.network import GrpcNetwork
@@ -46,14 +46,20 @@ class RegionDirectory:
     def __init__(self):
         self.addresses: dict[int, str] = {}
         self.metrics: dict[int, str] = {}
-        self.data: dict[int, list] = {}
+        self.common: list = []
+        self.num_classes = 0
+        self.own: dict[int, list] = {}
 
-    def share(self, region: int, arrays: list) -> None:
-        """References to a region's arrays (nested, so they stay references), for every start of it."""
-        self.data[region] = arrays
+    def share(self, common: list, num_classes: int, own: dict[int, list]) -> None:
+        """References (nested, so they stay references) to the arrays every region reads, in SharedData's
+        order, and to each region's labeled slice; held for every start of every region."""
+        self.common, self.num_classes, self.own = common, num_classes, own
+
+    def shared(self) -> tuple[list, int]:
+        return self.common, self.num_classes
 
     def arrays(self, region: int) -> list:
-        return self.data[region]
+        return self.own[region]
 
     def register(self, region: int, address: str, metrics_address: str | None) -> None:
         self.addresses[region] = address
@@ -97,8 +103,13 @@ class RegionHost:
             lookup=self._lookup,
             average=(lambda r, k, state: ray.get(hub.average.remote(r, k, state))) if hub is not None else None,
         )
+        # The shared arrays once for the whole process: read-only views of the object store that
+        # every region here wraps as its tensors (no copy per process, none per region).
+        common, num_classes = ray.get(directory.shared.remote())
+        shared = SharedData(*ray.get(common), num_classes)
         self.regions = {
-            plan.id: _build(cfg, run_id, plan, directory, network, folder, restarted) for plan, folder in zip(plans, checkpoint_dirs)
+            plan.id: _build(cfg, run_id, plan, shared, directory, network, folder, restarted)
+            for plan, folder in zip(plans, checkpoint_dirs)
         }
 
     def _lookup(self, region: int) -> str | None:
@@ -136,10 +147,15 @@ class RegionHost:
             hosted.close()
 
 
-def _build(cfg: RunConfig, run_id: str, plan: RegionPlan, directory, network: GrpcNetwork, folder: Location | None, restarted: bool):
-    """One region of a host, its arrays from the directory, its restart count from its own checkpoints."""
-    arrays = ray.get(directory.arrays.remote(plan.id)) + []
-    data = RegionData(*ray.get(arrays[:5]), arrays[5], *ray.get(arrays[6:]))
+def _build(
+    cfg: RunConfig, run_id: str, plan: RegionPlan, shared: SharedData, directory, network: GrpcNetwork, folder: Location | None,
+    restarted: bool,
+):
+    """One region of a host, its slice from the directory beside the shared arrays, its restart count from its own checkpoints."""
+    x_labeled, y_labeled = ray.get(ray.get(directory.arrays.remote(plan.id)))
+    data = RegionData(
+        x_labeled, y_labeled, shared.x_transfer, shared.x_test, shared.y_test, shared.num_classes, shared.x_val, shared.y_val,
+    )
     restarts = 0
     if restarted:
         last = checkpoint.load_latest(folder) if folder else None
@@ -205,7 +221,7 @@ class RayRunner:
                 num_cpus=0, max_concurrency=len(self.plans) + 2, name=hub_name, scheduling_strategy=here,
             ).remote(sizes)
         self._hub = hub  # named actors live while a handle does
-        ray.get([self.directory.share.remote(p.id, arrays) for p, arrays in zip(self.plans, self._arrays())])
+        self._share()
         self.actors = [None] * len(self.plans)
         for g, members in enumerate(groups):
             plans = tuple(self.plans[i] for i in members)
@@ -246,19 +262,17 @@ class RayRunner:
             ) from None
         return {g: i for i, g in enumerate(members)}
 
-    def _arrays(self) -> list[tuple]:
-        """Each region's arrays; the shared ones go through the object store once, not once per region."""
-        train, test = self.split.dataset.train, self.split.dataset.test
-        # Held for the whole run: Ray passes them again to a region's constructor when it restarts.
-        self._shared = [ray.put(a) for a in (train.x[self.split.transfer], test.x, test.y, train.x[self.split.validation], train.y[self.split.validation])]
-        transfer, x_test, y_test, x_val, y_val = self._shared
-        out = []
+    def _share(self) -> None:
+        """Every array into the object store, once: the shared ones as float32 made here, not once per region."""
+        shared = SharedData.of(self.split)  # not kept here: the object store holds the run's one copy
+        common = [ray.put(a) for a in shared.arrays()]
+        own = {}
         for p in self.plans:
-            d = region_data(self.split, p)
-            own = [ray.put(d.x_labeled), ray.put(d.y_labeled)]
-            self._shared += own
-            out.append([*own, transfer, x_test, y_test, d.num_classes, x_val, y_val])
-        return out
+            d = region_data(self.split, p, shared)
+            own[p.id] = [ray.put(d.x_labeled), ray.put(d.y_labeled)]
+        # Held for the whole run (as the directory holds them): a region Ray restarts fetches them again.
+        self._shared = common + [ref for refs in own.values() for ref in refs]
+        ray.get(self.directory.share.remote(common, shared.num_classes, own))
 
     def poll(self, timeout_s: float) -> tuple[list[ProgressSnapshot], bool]:
         """Every region's progress after at most `timeout_s`, and whether all have finished."""

@@ -8,6 +8,7 @@ of peers, rounds or the network: it is handed a pool of predictions, or none.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +36,12 @@ def resolve_device(choice: str, num_gpus: float) -> torch.device:
 
 @dataclass(frozen=True, eq=False)
 class Tensors:
-    """A region's arrays as float32/int64 tensors on its device."""
+    """A region's arrays as float32/int64 tensors on its device.
+
+    On the CPU each tensor wraps its array's memory: the run's shared arrays (transfer, test,
+    validation; Ray's object store or one copy per process) are not copied per region. Nothing
+    writes into them: they are only read and indexed (which copies the rows taken).
+    """
 
     x_labeled: torch.Tensor
     y_labeled: torch.Tensor
@@ -49,17 +55,28 @@ class Tensors:
     @classmethod
     def of(cls, data: RegionData, device: torch.device) -> Tensors:
         def x(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(to_float(a)).to(device)
+            return _wrap(a if a.dtype == np.float32 else to_float(a)).to(device)
 
         def y(a) -> torch.Tensor:
-            return torch.tensor(np.asarray(a), dtype=torch.int64, device=device)
+            return _wrap(np.asarray(a, dtype=np.int64)).to(device)
 
-        x_val = data.x_val if data.x_val is not None else np.zeros((0, *data.x_test.shape[1:]), dtype=data.x_test.dtype)
+        x_val = data.x_val if data.x_val is not None else np.zeros((0, *data.x_test.shape[1:]), dtype=np.float32)
         y_val = data.y_val if data.y_val is not None else []
         return cls(
             x(data.x_labeled), y(data.y_labeled), x(data.x_transfer), x(data.x_test), y(data.y_test), x(x_val), y(y_val),
             data.num_classes,
         )
+
+
+def _wrap(a: np.ndarray) -> torch.Tensor:
+    """A tensor over `a`'s memory, without a copy.
+
+    The shared arrays are read-only and torch, which has no read-only tensors, warns about each
+    one; they are never written (see Tensors), so that warning alone is silenced.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        return torch.from_numpy(a)
 
 
 @dataclass(frozen=True)

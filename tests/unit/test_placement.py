@@ -44,11 +44,11 @@ def test_modes_and_ray_options():
     assert placement.mode(regions(), local=False) == "spread"
     assert placement.mode(regions(placement="pack"), local=False) == "pack"
     cfg = regions(placement="spread", pins=[{"region": 2, "resources": {"zone_a": 1}, "labels": {"rack": "r1"}}])
-    assert placement.actor_options(cfg, False, 0, None) == {"scheduling_strategy": "SPREAD"}
-    pinned = placement.actor_options(cfg, False, 2, None)
+    assert placement.group_options(cfg, False, (0,), None) == {"scheduling_strategy": "SPREAD"}
+    pinned = placement.group_options(cfg, False, (2,), None)
     assert pinned["resources"] == {"zone_a": 1.0} and pinned["label_selector"] == {"rack": "r1"}
-    assert placement.pack_bundles(regions(placement="pack", pins=[{"region": 1, "resources": {"zone_a": 1}}])) == [0, 2, 3]
-    assert placement.actor_options(regions(), True, 0, None) == {}
+    assert placement.pack_groups(regions(placement="pack", pins=[{"region": 1, "resources": {"zone_a": 1}}])) == [0, 2, 3]
+    assert placement.group_options(regions(), True, (0,), None) == {}
 
 
 @pytest.mark.parametrize(

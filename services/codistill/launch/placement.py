@@ -89,15 +89,6 @@ def _missing(asked: dict[str, float], labels: dict[str, str], nodes: list[NodeOf
     return "its resources and labels together on one node"
 
 
-def actor_options(regions: RegionsConfig, local: bool, region: int, bundle: int | None, group: Any = None) -> dict[str, Any]:
-    """Ray actor options placing `region`: its pin's resources and labels, then the run's spread or pack.
-
-    `group`, `bundle`: the PACK placement group and this region's bundle in it (pack mode, unpinned regions).
-    """
-    pin = next((p for p in regions.pins if p.region == region), None)
-    return _options(regions, local, pin, bundle, group)
-
-
 def _options(regions: RegionsConfig, local: bool, pin: PinConfig | None, bundle: int | None, group: Any) -> dict[str, Any]:
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -113,12 +104,6 @@ def _options(regions: RegionsConfig, local: bool, pin: PinConfig | None, bundle:
     elif how == "spread":
         options["scheduling_strategy"] = "SPREAD"
     return options
-
-
-def pack_bundles(regions: RegionsConfig) -> list[int]:
-    """The regions a PACK placement group holds: every region not pinned (pins choose their own nodes)."""
-    pinned = {p.region for p in regions.pins}
-    return [i for i in range(regions.count) if i not in pinned]
 
 
 # Regions hosted together: `regions.per_process` of them share one Ray actor (one worker process).
@@ -152,7 +137,8 @@ def group_needs(regions: RegionsConfig, members: tuple[int, ...], pin: PinConfig
 
 
 def group_options(regions: RegionsConfig, local: bool, members: tuple[int, ...], bundle: int | None, group: Any = None) -> dict[str, Any]:
-    """Ray actor options placing the process that hosts `members` (as `actor_options` does for one region)."""
+    """Ray actor options placing the process that hosts `members`: its pin's resources and labels, then the run's
+    spread or pack (`group`, `bundle`: the PACK placement group and this process's bundle in it)."""
     return _options(regions, local, group_pin(regions, members), bundle, group)
 
 

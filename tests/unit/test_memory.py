@@ -141,3 +141,41 @@ def test_run_memory_with_processes_reads_the_runners_hosts(children):
     figures = memory.figures()
     assert figures.scope == DRIVER_AND_DESCENDANTS
     assert 40 * MiB <= figures.peak_region_bytes <= 50 * MiB  # (120 MiB + interpreter) / 3
+
+
+# Fragmented heap: 300k blocks of 1 KiB through glibc malloc (pymalloc takes only <= 512 bytes), every
+# 50th kept, so the freed ones sit below live ones where free() alone cannot give them back.
+FRAGMENTED = textwrap.dedent("""
+    import psutil
+    from codistill.launch.memory import RunMemory, release_free_memory
+    me = psutil.Process()
+    blocks = [bytes([i % 251]) * 1024 for i in range(300_000)]
+    kept = blocks[::50]
+    del blocks
+    before = me.memory_info().rss
+""")
+
+
+def _fragmented(then: str) -> tuple[int, int]:
+    """RSS with the freed blocks still resident, and what `then` prints after."""
+    script = FRAGMENTED + textwrap.dedent(then)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True).stdout
+    before, after = map(int, out.split())
+    return before, after
+
+
+def test_release_free_memory_hands_freed_heap_back():
+    before, after = _fragmented("""
+        release_free_memory()
+        print(before, me.memory_info().rss)
+    """)
+    assert before - after > 150 * MiB, (before / MiB, after / MiB)
+
+
+def test_a_run_does_not_count_what_an_earlier_one_freed():
+    before, counted = _fragmented("""
+        with RunMemory(distributed=False, regions=1) as memory:
+            pass
+        print(before, memory.figures().peak_total_bytes)
+    """)
+    assert before - counted > 150 * MiB, (before / MiB, counted / MiB)

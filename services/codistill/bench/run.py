@@ -98,6 +98,7 @@ class _Cells:
                     f"{where}: mean validation accuracy {result.mean_validation_accuracy:.3f} "
                     f"({time.perf_counter() - started:.0f} s; {elapsed / 60:.1f} min so far, about {left / 60:.0f} min to go)"
                 )
+                del result  # its predictions (every region's) are saved; they must not sit in the next cell's memory
         finally:
             if ray_started:
                 import ray

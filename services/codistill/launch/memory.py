@@ -14,6 +14,9 @@ zero-copy object-store buffer) once in every process that maps them, so its sum 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import logging
 import os
 import threading
@@ -134,6 +137,22 @@ class MemorySampler:
             return MemoryPeaks(self.measure, self._total, self._baseline, dict(self._peaks), self._samples)
 
 
+def release_free_memory() -> None:
+    """Collect garbage and hand the allocator's free pages back to the system (glibc's malloc_trim).
+
+    An earlier run in this process (a bench's previous cell) leaves freed memory resident in malloc's
+    arenas, one per thread that allocated; without this it would count in the next run's baseline and
+    total, and the next run, reusing it, would seem to grow by nothing. Elsewhere than glibc: a no-op."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is not None:
+        trim(0)
+
+
 def hosting(region_pids: list[int]) -> dict[int, int]:
     """pid -> how many regions it hosts, from the hosting pid of each region."""
     return dict(Counter(region_pids))
@@ -159,6 +178,7 @@ class RunMemory:
         self.hosts: dict[int, int] = {}
 
     def __enter__(self) -> RunMemory:
+        release_free_memory()  # what an earlier run freed is not this one's
         self.sampler.start()
         return self
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codistill.report import budget
+from codistill.report import budget, scale
 from codistill.report.aggregate import KiB, MiB
 from codistill.report.targets import headline_keys
 
@@ -111,6 +111,7 @@ def write_report(doc: dict, cells: list[dict], path: Path, command: str) -> Path
     if doc.get("commentary"):
         L += [doc["commentary"].strip(), ""]
     L += budget.section(doc, cells, figures("accuracy_against_bytes", "Accuracy against bytes sent per region, both strategies."))
+    L += scale.scale_section(doc, cells, folder)
     L += _comparisons(doc) + _transport_agreement(doc) + _headline_rows(doc, figures) + _hidden_class(doc, figures)
     L += _lying(doc, figures) + _sweeps(doc, figures) + _other_rows(doc, cells)
     L += figures("accuracy", "Mean region accuracy for every row and strategy.")

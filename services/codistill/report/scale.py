@@ -201,18 +201,21 @@ def plot_scale(points: list[ScalePoint], folder: Path) -> Path | None:
         ("bytes sent per region, KiB", lambda p: p.bytes_sent_per_region / KiB),
     )
     ticks = sorted({p.regions for p in points})
+    colors = {spec: f"C{i}" for i, spec in enumerate(dict.fromkeys(p.spec for p in points))}  # one per strategy, every panel
     for ax, (label, value) in zip(axes, panels):
-        for spec in dict.fromkeys(p.spec for p in points):
+        # One curve per strategy and transport: in one process, memory is not Ray's and is drawn apart.
+        for spec, transport in dict.fromkeys((p.spec, p.transport) for p in points):
             # A strategy that sends nothing has no bytes curve worth drawing.
-            xy = [(p.regions, value(p)) for p in points if p.spec == spec and value(p) is not None and (ax is not axes[2] or value(p) > 0)]
+            xy = [(p.regions, value(p)) for p in points if (p.spec, p.transport) == (spec, transport) and value(p) is not None
+                  and (ax is not axes[2] or value(p) > 0)]
             if xy:
-                ax.plot(*zip(*xy), marker="o", label=spec)
+                ax.plot(*zip(*xy), marker="o" if transport == "grpc" else "s", color=colors[spec], label=f"{spec} ({transport})")
         ax.set_xscale("log")
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("regions N")
         ax.set_ylabel(label)
-        ax.set_ylim(bottom=0)  # from zero: the budget line and flatness read true
+        ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.1)  # from zero: the budget line and flatness read true
         ax.grid(alpha=0.3)
     axes[0].axhline(BUDGET_GIB, color="tab:red", linestyle="--", linewidth=1, label=f"{BUDGET_GIB:g} GiB budget")
     axes[0].legend(fontsize=7)

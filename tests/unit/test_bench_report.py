@@ -184,3 +184,14 @@ def test_suite_file_errors_name_the_problem(tmp_path):
     path.write_text("name: s\nrows:\n  - {name: r, strategies: [independent], one_seed: [fedavg]}\n")
     with pytest.raises(ConfigError, match="one_seed"):
         load_suite(path)
+
+
+def test_memory_is_the_sampled_run_total_where_cells_carry_it_not_a_sum_of_shared_processes():
+    # 3 regions sharing one process: each reports that process's peak; the sampled total counts it once.
+    shared = cell("r", "codistill:mean@grpc", transport="grpc", accs=(0.5, 0.5, 0.5))
+    shared.update(peak_total_resident_bytes=150 * 2**20, peak_region_resident_bytes=40 * 2**20)
+    a = aggregate_cells([shared])
+    assert a["peak_rss_bytes_total"] == 150 * 2**20 and a["peak_rss_bytes_per_process"] == 40 * 2**20
+    inprocess = cell("r", "independent")
+    inprocess.update(peak_total_resident_bytes=90 * 2**20, peak_region_resident_bytes=2**20)
+    assert aggregate_cells([inprocess])["peak_rss_bytes_total"] == 90 * 2**20

@@ -8,6 +8,8 @@
   stats.py        spread over seeds, paired differences with 95% intervals
   markdown.py     the bench's Markdown report (or tuning report)
   suite_plots.py  the bench report's PNG plots
+  budget.py       accuracy against bytes: each strategy's validation-chosen point at every byte budget
+  scale.py        the scale section: memory, bytes and wall time against the number of regions
 
 The bench's code version (codistill.bench.cells) leaves this whole subpackage out.
 """

@@ -67,11 +67,24 @@ def aggregate_cells(cells: list[dict]) -> dict[str, Any]:
         "wall_seconds": _stat([c["wall_seconds"] for c in cells]),
         "exchange_seconds_per_region": float(np.mean([_per_region(c, "exchange_seconds") for c in cells])),
         "train_seconds_per_region": float(np.mean([_per_region(c, "train_seconds") for c in cells])),
-        # Measured where each region has its own process (Ray); in-process cells share the bench's
-        # process, whose lifetime peak says nothing about one cell.
+        **_peak_memory(cells, rss, distributed),
+        **{k: _stat([c["extras"][k] for c in cells if k in c.get("extras", {})]) for k in extra_keys},
+    }
+
+
+def _peak_memory(cells: list[dict], rss: list[list[int]], distributed: bool) -> dict[str, float | None]:
+    """Peak memory of a (row, strategy): the run's sampled total and per-region peak where cells carry them
+    (every process the run started, shared pages counted once under PSS), else the sum of the regions' own
+    process peaks, which only means something where each region had its own process (Ray, one per process)."""
+    if all(c.get("peak_total_resident_bytes") for c in cells):
+        region = [c.get("peak_region_resident_bytes") for c in cells]
+        return {
+            "peak_rss_bytes_total": float(np.max([c["peak_total_resident_bytes"] for c in cells])),
+            "peak_rss_bytes_per_process": float(np.max(region)) if all(region) else None,
+        }
+    return {
         "peak_rss_bytes_per_process": float(np.max([max(r) for r in rss])) if distributed else None,
         "peak_rss_bytes_total": float(np.max([sum(r) for r in rss])) if distributed else None,
-        **{k: _stat([c["extras"][k] for c in cells if k in c.get("extras", {})]) for k in extra_keys},
     }
 
 

@@ -35,7 +35,7 @@ def _opt(a: dict, key: str, fmt: str) -> str:
 def _row_table(name: str, row: dict[str, dict]) -> list[str]:
     lines = [
         "| strategy | seeds | mean acc % | validation % | min | max | error vs indep. | gap closed | sent / region | received / region "
-        "| sent / exchange | exchanges | wall s | exchange s / region | CPU s / region | peak RSS, all region processes |",
+        "| sent / exchange | exchanges | wall s | exchange s / region | CPU s / region | peak memory, all processes |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for spec, a in row.items():
@@ -166,13 +166,16 @@ def _header(doc: dict, command: str) -> list[str]:
         "CPU seconds are the regions' own thread time (their compute, whatever else ran on the machine). "
         "Bytes are protobuf bytes on the wire for codistill, and float32 parameter bytes (up and down) for fedavg. "
         "Exchange seconds are spent predicting, publishing and waiting for peers' rounds. "
-        "Peak memory is measured on Ray + gRPC cells, where each region has its own process "
-        "(in-process cells share one process with the bench, so they show –).",
+        "Peak memory is the run's total, sampled every 0.5 s while it trains (PSS: shared pages counted once): the "
+        "driver and, through Ray, every process it started; cells from before that sampling show the sum of the region "
+        "processes' own peaks on Ray + gRPC cells, and – in-process.",
         "",
     ]
 
 
 def _targets(doc: dict) -> list[str]:
+    if not doc["targets"]:
+        return []
     L = ["## Targets", "", "| target | goal | measured | met |", "|---|---|---|---|"]
     for t in doc["targets"]:
         L.append(f"| {t['name']} | {t['goal']} | {t['measured']} | {'yes' if t['met'] else 'no' if t['met'] is False else 'n/a'} |")
@@ -289,7 +292,7 @@ def _sweeps(doc: dict, figures: _Figures) -> list[str]:
 def _other_rows(doc: dict, cells: list[dict]) -> list[str]:
     names = doc["target_rows"]
     shown = {names.get(k) for k in ("skew", "hardest_skew", "iid", "omit")}
-    shown |= {r for r, info in doc["row_info"].items() if (info.get("sweep") or "").startswith("staleness")}
+    shown |= {r for r, info in doc["row_info"].items() if (info.get("sweep") or "").startswith("staleness") or info.get("sweep") == "scale"}
     others = [r for r in doc["rows"] if r not in shown]
     if not others:
         return []

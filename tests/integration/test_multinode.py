@@ -7,16 +7,14 @@ region through the run's file_sd targets while it trains.
 
 import json
 import shutil
-import subprocess
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from codistill.launch.monitor import TARGETS_GLOB, targets_file, write_prometheus_config
+from codistill.launch.monitor import targets_file
 from tests.integration.multinode import codistill, loopback_cluster, results, start_codistill
-from tests.integration.test_prometheus import api, free_port, wait_for
+from tests.integration.prometheus_server import api, running_prometheus, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs Debian's prometheus (make test installs it)")]
 
@@ -41,16 +39,7 @@ def cluster():
 
 def test_spread_regions_run_on_several_nodes_exchange_across_them_and_are_scraped(cluster, tmp_path):
     out = tmp_path / "run"
-    config = write_prometheus_config(tmp_path / "prom", out / "prometheus" / TARGETS_GLOB, interval="1s")
-    port = free_port()
-    prom = subprocess.Popen(
-        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: urllib.request.urlopen(f"{base}/-/ready", timeout=2).status == 200, 30, "prometheus ready")
+    with running_prometheus(tmp_path, out) as base:
         run = start_codistill(
             "run", QUICKSTART, *SMALL, "--set", "regions.placement=spread", "--set", "monitor.linger_s=8",
             "--quiet", "--address", cluster.address, "--out", str(out),
@@ -69,9 +58,6 @@ def test_spread_regions_run_on_several_nodes_exchange_across_them_and_are_scrape
                          and api(base, "query", query="codistill_steps_total > 0")["data"]["result"], 60, "steps of every region")
         output, _ = run.communicate(timeout=300)
         assert run.returncode == 0, output
-    finally:
-        prom.terminate()
-        prom.wait(10)
 
     doc = results(out)
     by_region = {r["id"]: r for r in doc["regions"]}

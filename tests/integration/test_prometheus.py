@@ -8,11 +8,9 @@ panel is covered without touching this test.
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
-import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -20,8 +18,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from codistill.launch import driver
-from codistill.launch.monitor import TARGETS_GLOB, targets_file, write_prometheus_config
+from codistill.launch.monitor import targets_file
 from tests.conftest import make_tiny_cfg
+from tests.integration.prometheus_server import api, running_prometheus, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "codistill.json"
@@ -47,32 +46,6 @@ def concrete(expr: str, strategy: str) -> str:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def api(base: str, path: str, **params) -> dict:
-    url = f"{base}/api/v1/{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.loads(resp.read())
-
-
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except OSError as exc:
-            last = exc
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}: {last}")
-
-
 STRATEGIES = ("codistill", "independent")  # cfg.strategy, then --compare independent
 
 
@@ -85,22 +58,8 @@ def prometheus(tmp_path_factory):
     """A real Prometheus reading the run's targets-*.json glob, started before any strategy's file exists."""
     tmp_path = tmp_path_factory.mktemp("prometheus")
     out = tmp_path_factory.mktemp("live") / "run"
-    config = write_prometheus_config(tmp_path / "prom", out / "prometheus" / TARGETS_GLOB, interval="1s")
-    check = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-    port = free_port()
-    proc = subprocess.Popen(
-        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: urllib.request.urlopen(f"{base}/-/ready", timeout=2).status == 200, 30, "prometheus ready")
+    with running_prometheus(tmp_path, out) as base:
         yield base, out
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture(scope="module")

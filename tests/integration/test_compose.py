@@ -403,8 +403,9 @@ def test_prometheus_scraped_every_region_up_and_counting_steps(stack: Stack, job
         series = {r["metric"]["region"]: [int(float(v)) for _, v in r["values"]] for r in res["data"]["result"]}
         assert sorted(series) == [str(i) for i in range(REGIONS)], series.keys()
         for region, values in series.items():
-            # Scraped while training: rising through several values to the last step.
-            assert values == sorted(values) and len(set(values)) >= 3 and values[-1] == STEPS, (w.strategy, region, values)
+            # Scraped while training (a value short of the last step), rising to the last step. A strategy
+            # without exchange trains in a few seconds, so two scrapes of a 2 s interval may be all it gets.
+            assert values == sorted(values) and values[0] < STEPS and values[-1] == STEPS, (w.strategy, region, values)
 
 
 def dashboard_queries() -> list[str]:

@@ -4,8 +4,12 @@
   codistill report RUN_DIR
   codistill bench SUITE.yaml [--out DIR] [--seeds N] [--report FILE] [--cached-only]
   codistill certs DIR --regions N
+  codistill predict RUN_DIR (INPUT | --split test) [--region I | --ensemble | --student]
+  codistill export RUN_DIR --region I [--format pt2|onnx]
+  codistill distill RUN_DIR --model ARCH [--steps N]
 
-Exit codes: 0 success, 1 a run failed, 2 bad input (nothing was started), 130 stopped by Ctrl-C.
+Exit codes: 0 success, 1 a run failed, 2 bad input (nothing was started), 130 stopped by Ctrl-C,
+143 stopped by SIGTERM (`ray job stop`, `docker compose down`, Kubernetes, systemd), which is handled as Ctrl-C.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import logging
 import os
 import shlex
+import signal
 import sys
 from typing import NoReturn
 from pathlib import Path
@@ -21,14 +26,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from codistill import cli_models, preflight, storage
 from codistill import config as config_mod
-from codistill import preflight, storage
 from codistill.config import STRATEGIES, excerpt_path
 from codistill.errors import ConfigError, RegionError, UserError
+from codistill.launch import interrupt, teardown
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_STOPPED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--cached-only", action="store_true", help="run nothing: report on the cells finished so far")
     rep = sub.add_parser("report", help="plot convergence curves of a finished run into RUN_DIR/plots/")
     rep.add_argument("run_dir", type=Path)
+    cli_models.add_parsers(sub)
     return p
 
 
@@ -139,7 +147,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         highlight=False,
     )
     live = None if args.quiet else LiveProgress(console)
-    failure, usage, stopped = None, None, False
+    failure, usage, stopped = None, None, None
+    # A Ray up before the run (an in-process caller's own) is its owner's to stop; one the run starts, the run stops.
+    owns_ray = not teardown.ray_initialized()
     try:
         doc = driver.run(
             cfg, out, compare=compare, address=args.address,
@@ -150,13 +160,18 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         failure = str(exc)
     except UserError as exc:  # found once Ray is up (a pinned region no node can host): still before any region starts
         usage = str(exc)
-    except KeyboardInterrupt:  # the driver stopped and drained the regions; their checkpoints stay
-        stopped = True
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the driver stopped and drained the regions; their checkpoints stay
+        stopped = exc
     finally:
         if live:
             live.close()
-    if stopped:
-        return _stopped(console, out)
+        if owns_ray:  # before the last line, so that nothing Ray prints while stopping follows it
+            try:
+                teardown.shut_down_ray()
+            except KeyboardInterrupt as exc:  # a stop signal while Ray stops: its processes are gone all the same
+                stopped = stopped or exc
+    if stopped is not None:
+        return _stopped(console, out, _exit_code(stopped))
     if usage:
         return _fail(console, usage, EXIT_USAGE)
     if failure:
@@ -166,7 +181,12 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _stopped(console: Console, out: Path) -> NoReturn:
+def _exit_code(exc: KeyboardInterrupt) -> int:
+    """What a shell reports for a process ended by the signal that stopped it (interrupt.Interrupted says which)."""
+    return EXIT_TERMINATED if getattr(exc, "signum", signal.SIGINT) == signal.SIGTERM else EXIT_STOPPED
+
+
+def _stopped(console: Console, out: Path, code: int) -> NoReturn:
     """One line: how to continue the run (or that none had started)."""
     if _is_run_folder(out):
         line = f"codistill: stopped; continue with: codistill run --resume {shlex.quote(str(out))}"
@@ -177,16 +197,18 @@ def _stopped(console: Console, out: Path) -> NoReturn:
     sys.stderr.flush()
     # Everything the run needs to resume is on disk by now. Interpreter teardown after an
     # interrupt can abort in native threads still winding down (exit -6 instead of 130), so
-    # leave with the promised code at once.
-    os._exit(EXIT_STOPPED)
+    # leave with the promised code (130 or 143) at once.
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:  # Ctrl-C outside a run (loading data, Ray starting, a report): no traceback
-        print("codistill: stopped", file=sys.stderr)
-        return EXIT_STOPPED
+    # SIGTERM (`ray job stop`, `docker compose down`, Kubernetes, systemd) stops a command as Ctrl-C does.
+    with interrupt.sigterm_as_ctrl_c():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt as exc:  # outside a run (loading data, Ray starting, a report): no traceback
+            print("codistill: stopped", file=sys.stderr)
+            return _exit_code(exc)
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -230,6 +252,9 @@ def _main(argv: list[str] | None = None) -> int:
             return _fail(console, str(exc), EXIT_USAGE)
         console.print(f"wrote {len(written)} certificates to {args.folder}; set security.tls_dir={args.folder}", highlight=False)
         return 0
+    if args.command in ("predict", "export", "distill"):
+        _importable_from_cwd()  # a user model's factory is imported as in `codistill run`
+        return cli_models.run(args, console, _fail, EXIT_USAGE)
     if args.command == "report":
         from codistill.report import report
 

@@ -282,6 +282,9 @@ class SecurityConfig(_Strict):
     def _one_token_source(self) -> SecurityConfig:
         if self.token is not None and self.token_file is not None:
             raise ValueError("set security.token or security.token_file, not both")
+        # An empty token would start a run that authenticates no one.
+        if self.token is not None and not self.token.get_secret_value().strip():
+            raise ValueError("security.token is empty; set a secret, or leave the key out for no token check")
         return self
 
     def resolved_token(self) -> str | None:
@@ -394,7 +397,12 @@ def _format_error(exc: ValidationError) -> str:
 
 
 def parse_value(text: str) -> Any:
-    """Parse an override value as YAML, so `3`, `0.5`, `true`, `[1,2]` and `null` work."""
+    """Parse an override value as YAML, so `3`, `0.5`, `true`, `[1,2]` and `null` work.
+
+    Nothing after `=` is the empty text, not YAML's null: `--set security.token=` must not
+    quietly mean "no token"; null is spelled `null`."""
+    if not text.strip():
+        return text
     try:
         return yaml.safe_load(text)
     except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: a date such as 2024-13-45

@@ -3,7 +3,8 @@
 A `UserError` is bad input (a config, a data file, a suite, a run folder, TLS
 files): it is found before anything starts, and the command line prints it as
 one line and exits with code 2. A `RegionError` is a run that failed while it
-ran (exit code 1). `MessageRejected` is a peer's message refused by a region;
+ran (exit code 1); a `CheckpointError` raised inside a region reaches the user
+as one. `MessageRejected` is a peer's message refused by a region;
 it never reaches the user, only the gRPC status code and a counter.
 """
 
@@ -41,6 +42,14 @@ class CertsError(UserError):
 
 class ResumeError(UserError):
     """A folder that `--resume` cannot continue."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that holds more than tensors and plain values: refused, never unpickled."""
+
+
+class SavedModelError(UserError):
+    """A run's saved models that cannot be found or used: no models, a region that is not there, a model.json edited into nonsense."""
 
 
 class ReportError(UserError):

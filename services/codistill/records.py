@@ -211,8 +211,10 @@ class RegionResult:
     # Where the region ran: its Ray node ("" outside Ray) and the address it served gRPC on.
     node_id: str = ""
     node_ip: str = ""
+    # The final model's weights as safetensors bytes (codistill.saved): the driver saves them under models/.
+    weights: bytes = field(default=b"", repr=False)
 
-    _UNSAVED: ClassVar[tuple[str, ...]] = ("test_probs", "validation_probs")
+    _UNSAVED: ClassVar[tuple[str, ...]] = ("test_probs", "validation_probs", "weights")
 
     def to_json(self) -> dict[str, Any]:
         """The region's entry in results.json (predictions are not saved)."""

@@ -10,8 +10,10 @@ leaves Grafana out (no Grafana image can be had here): instead every query of th
 dashboard runs against the stack's Prometheus, and the files Grafana mounts are checked.
 
 The job is the digits quickstart with 4 regions spread over the two workers,
-co-distillation then `--compare independent`. Images and the base are cached in the
-engine's data root (/var/lib/codistill-compose-test) between runs on one machine.
+co-distillation then `--compare independent`. Region 0 of each strategy holds still at a
+known step for a while (chaos.hang_*), so Prometheus scrapes it mid-run however fast the
+machine trains. Images and the base are cached in the engine's data root
+(/var/lib/codistill-compose-test) between runs on one machine.
 """
 
 from __future__ import annotations
@@ -51,11 +53,21 @@ PROMETHEUS_IMAGE = "codistill-prometheus:compose-test"
 APT_FOR = {"dockerd": "docker.io", "docker": "docker.io", "docker-compose": "docker-compose", "debootstrap": "debootstrap"}
 
 HEAD_IP, WORKER_IPS = "127.0.0.2", ("127.0.0.3", "127.0.0.4")
-# ~25 s of training per strategy here: Prometheus takes up to ~10 s to scrape a new target
-# (file_sd, then its 5 s discovery and scrape-reload throttles), and must then see several values.
 REGIONS, STEPS, BATCH = 4, 3000, 128
 STRATEGIES = ("codistill", "independent")  # the config's strategy, then CODISTILL_COMPARE
-JOB_ARGS = f"--set regions.count={REGIONS} --set regions.placement=spread --set train.steps={STEPS} --set train.batch_size={BATCH} --set train.eval_every=250"
+# How long a strategy trains depends on the machine (the one without exchange takes a few
+# seconds), and Prometheus takes up to ~12 s to scrape a new target (file_sd, its 5 s discovery
+# and scrape-reload throttles, then a 2 s interval). So one region of each strategy holds
+# still at HOLD_AT steps for HOLD_S seconds: its targets file is written as training starts,
+# and the hold outlasts discovery with room. In sync mode its peers wait for its round there.
+# The deadlines are raised past the hold so that peers' pushes to the held region succeed and
+# the run's figures stay those of a run without the hold.
+HOLD_REGION, HOLD_AT, HOLD_S = 0, 1000, 20
+JOB_ARGS = " ".join([
+    f"--set regions.count={REGIONS} --set regions.placement=spread --set train.steps={STEPS} --set train.batch_size={BATCH} --set train.eval_every=250",
+    f"--set chaos.hang_region={HOLD_REGION} --set chaos.hang_at_step={HOLD_AT} --set chaos.hang_seconds={HOLD_S}",
+    f"--set exchange.rpc_timeout_s={3 * HOLD_S} --set exchange.round_timeout_s={6 * HOLD_S}",
+])
 LINGER_S = 10  # each strategy's endpoints outlive its training long enough for final scrapes
 RATE_INTERVAL = "30s"  # Grafana's $__rate_interval for a 2 s scrape interval, with room
 
@@ -327,7 +339,11 @@ def watch_strategy(s: Stack, targets_dir: Path, strategy: str) -> StrategyWatch:
             raise AssertionError(f"the job ended before {sd.name} appeared:\n{s.compose('logs', 'codistill').stdout[-3000:]}")
         return None
 
-    found = wait_for(groups, 300, sd.name)
+    try:
+        found = wait_for(groups, 300, sd.name)
+    except AssertionError as exc:  # say where the job got to
+        logs = s.compose("logs", "--no-color", "--tail", "30", "codistill", "ray-head", check=False)
+        raise AssertionError(f"{exc}\n{(logs.stdout + logs.stderr)[-4000:]}") from None
     regions = tuple(a for g in found if g["labels"]["role"] == "region" for a in g["targets"])
     addresses = {a for g in found for a in g["targets"]}
 
@@ -403,9 +419,14 @@ def test_prometheus_scraped_every_region_up_and_counting_steps(stack: Stack, job
         series = {r["metric"]["region"]: [int(float(v)) for _, v in r["values"]] for r in res["data"]["result"]}
         assert sorted(series) == [str(i) for i in range(REGIONS)], series.keys()
         for region, values in series.items():
-            # Scraped while training (a value short of the last step), rising to the last step. A strategy
-            # without exchange trains in a few seconds, so two scrapes of a 2 s interval may be all it gets.
-            assert values == sorted(values) and values[0] < STEPS and values[-1] == STEPS, (w.strategy, region, values)
+            # Rising, and scraped at the last step (the endpoints linger after training).
+            assert values == sorted(values) and values[-1] == STEPS, (w.strategy, region, values)
+        # Scraped mid-run at the step it holds at: the counter moves while the region trains.
+        assert HOLD_AT in series[str(HOLD_REGION)], (w.strategy, HOLD_REGION, series[str(HOLD_REGION)])
+        if w.strategy == "codistill":
+            # Sync rounds: no peer passes the round it needs the held region's predictions for,
+            # so every region is scraped short of its last step (and past its first).
+            assert all(any(0 < v < STEPS for v in values) for values in series.values()), (w.strategy, series)
 
 
 def dashboard_queries() -> list[str]:

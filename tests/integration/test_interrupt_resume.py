@@ -1,4 +1,4 @@
-"""Ctrl-C during `codistill run`, then `--resume`: a clean stop, one line, and a finished run like an uninterrupted one."""
+"""Ctrl-C or SIGTERM during `codistill run`, then `--resume`: a clean stop, one line, and a finished run like an uninterrupted one."""
 
 import json
 import signal
@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,3 +88,86 @@ def test_ctrl_c_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path):
     assert [(r["evaluation"], r["step"]) for r in runs] == [(r["evaluation"], r["step"]) for r in whole_runs]
     evals = [(r["region"], r["step"]) for r in records if r["kind"] == "eval"]
     assert len(evals) == len(set(evals)) == 3 * (STEPS // EVERY)
+
+
+# As small as a Ray run gets: two regions of one small layer, a checkpoint every ten steps. Stopped at the
+# first one; the steps left (a few seconds' worth) are the margin for the stop to land mid-run.
+RAY_STEPS = 300
+RAY_TINY = [
+    "--quiet", "--set", "regions.count=2", "--set", "regions.hidden=[32]", "--set", f"train.steps={RAY_STEPS}",
+    "--set", "train.eval_every=100", "--set", "fault.checkpoint_every=10", "--set", "monitor.metrics=false",
+]
+# What Ray's native failure handler prints when SIGTERM reaches it.
+NATIVE_DUMP = ("*** SIGTERM received", "PC: @")
+
+
+def running(procs) -> list[psutil.Process]:
+    """Those still running (a zombie has ended: only its exit status is left)."""
+    found = []
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
+def note_descendants(pid: int, tree: dict[int, tuple[psutil.Process, str]]) -> None:
+    """Add every live descendant of `pid` to `tree`, with its command line as it was."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return
+    for child in children:
+        if child.pid not in tree:
+            try:
+                tree[child.pid] = (child, " ".join(child.cmdline()))
+            except psutil.Error:
+                pass
+
+
+def test_sigterm_stops_a_ray_run_as_ctrl_c_does_and_leaves_no_process_behind(tmp_path):
+    """SIGTERM to the driver process, as `docker compose down` and Kubernetes send it (`ray job stop`: test_job_submit)."""
+    out, log = tmp_path / "stopped", tmp_path / "output.txt"
+    with log.open("w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "codistill", "run", QUICKSTART, *RAY_TINY, "--out", str(out)],
+                                cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT)
+    tree: dict[int, tuple[psutil.Process, str]] = {}  # every process the run started: its local Ray's, the regions' workers
+    try:
+        folders = [out / "checkpoints" / "codistill" / f"region-{i}" for i in range(2)]
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            note_descendants(proc.pid, tree)
+            if all(any(f.glob("step-*.pt")) for f in folders):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the run ended before it could be stopped:\n{log.read_text()}"
+        note_descendants(proc.pid, tree)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        gone_by = time.monotonic() + 10
+        while running(p for p, _ in tree.values()) and time.monotonic() < gone_by:
+            time.sleep(0.2)
+        left = [f"{p.pid} {tree[p.pid][1][:120]}" for p in running(p for p, _ in tree.values())]
+    finally:
+        for p in running([p for p, _ in tree.values()]):
+            p.kill()
+        if proc.poll() is None:
+            proc.kill()
+    output = log.read_text()
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == 143, output
+    assert not any(mark in output for mark in NATIVE_DUMP) and "Traceback" not in output, output
+    assert lines[-1] == f"codistill: stopped; continue with: codistill run --resume {out}", lines
+    assert sum("--resume" in line for line in lines) == 1, lines
+    assert any("raylet" in cmd for _, cmd in tree.values()), "no local Ray was seen among the run's processes"
+    assert not left, f"processes of the run still running 10 s after it exited: {left}"
+    assert not (out / "results.json").exists()  # it did stop mid-run
+    assert json.loads((out / "state.json").read_text())["spent"]["codistill"] > 0  # the stop was handled, not a kill
+
+    res = codistill("run", "--resume", str(out), "--quiet", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    regions = json.loads((out / "results.json").read_text())["regions"]
+    assert [r["steps"] for r in regions] == [RAY_STEPS] * 2
+    assert all(r["resumed_from"] > 0 for r in regions), [r["resumed_from"] for r in regions]

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from codistill.launch import driver
+from codistill.region import checkpoint
 from ray_cli_cluster import LOOPBACK, RayCliCluster, free_port, ray_cli_cluster, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,14 +59,24 @@ def alarming(text: str) -> list[str]:
     return [line for line in text.splitlines() if RAY_ERROR.match(line) or RAY_CLI_ERROR.match(line) or PYTHON_ERROR.search(line)]
 
 
-def submit(cluster: RayCliCluster, working_dir: Path, out: Path, job_id: str) -> subprocess.CompletedProcess:
-    """The documented command, typed in the checkout: ship it, run a config of it on the cluster."""
-    sets = [a for k, v in OVERRIDES.items() for a in ("--set", f"{k}={v}")]
+def submit(
+    cluster: RayCliCluster, working_dir: Path, out: Path, job_id: str, overrides: dict = OVERRIDES, *flags: str,
+) -> subprocess.CompletedProcess:
+    """The documented command, typed in the checkout: ship it, run a config of it on the cluster.
+    `flags`: more of `ray job submit`'s own (--no-wait)."""
+    sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
     return cluster.ray(
-        "job", "submit", "--address", cluster.dashboard_url, "--working-dir", ".", "--submission-id", job_id,
+        "job", "submit", "--address", cluster.dashboard_url, "--working-dir", ".", "--submission-id", job_id, *flags,
         "--", "codistill", "run", "configs/quickstart.yaml", "--address", "auto", "--out", str(out), "--quiet", *sets,
         timeout=JOB_TIMEOUT_S, cwd=working_dir,
     )
+
+
+def job_status(cluster: RayCliCluster, job_id: str) -> str:
+    listed = cluster.ray("list", "jobs", "--address", cluster.dashboard_url, "--format", "json", "--filter", f"submission_id={job_id}")
+    assert listed.returncode == 0, listed.stderr
+    (job,) = json.loads(listed.stdout)
+    return job["status"]
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +162,34 @@ def test_head_prometheus_config_discovers_every_region_at_its_node_ip(cluster, j
         proc.wait(10)
     ips = {addr.rsplit(":", 1)[0] for addr in found}
     assert ips == {r["node_ip"] for r in job["results"]["regions"]}, (found, [r["node_ip"] for r in job["results"]["regions"]])
+
+
+def test_ray_job_stop_stops_the_run_as_ctrl_c_does_and_leaves_it_resumable(cluster, tmp_path):
+    """`ray job stop` sends the driver SIGTERM, and SIGKILL RAY_JOB_STOP_WAIT_TIME_S (3 s by default) later."""
+    working_dir = shipped_checkout(tmp_path / "checkout")
+    out = tmp_path / "codistill-runs" / "stopped"
+    job_id = f"codistill-{secrets.token_hex(4)}"
+    steps = 5000  # far more than it gets to: stopped at its first checkpoints
+    res = submit(cluster, working_dir, out, job_id, {**OVERRIDES, "train.steps": steps, "fault.checkpoint_every": 10}, "--no-wait")
+    assert res.returncode == 0, res.stdout + res.stderr
+    folders = [out / "checkpoints" / "codistill" / f"region-{i}" for i in range(REGIONS)]
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline and not all(any(f.glob("step-*.pt")) for f in folders):
+        time.sleep(0.2)
+    stop = cluster.ray("job", "stop", job_id, "--address", cluster.dashboard_url)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    logs = cluster.ray("job", "logs", job_id, "--address", cluster.dashboard_url).stdout
+    assert job_status(cluster, job_id) == "STOPPED", logs[-3000:]
+    lines = [line for line in logs.splitlines() if line.strip()]
+    # Stopped as by Ctrl-C, within the job server's grace: one line to continue, no native stack dump.
+    assert lines[-1] == f"codistill: stopped; continue with: codistill run --resume {out}", lines[-8:]
+    assert sum("--resume" in line for line in lines) == 1, lines
+    assert "*** SIGTERM received" not in logs and "PC: @" not in logs and "Traceback" not in logs, logs[-3000:]
+    # What --resume reads first: the run's state, with this invocation's training time (written only by a
+    # handled stop, never by a kill), and a checkpoint step every region holds.
+    state = driver.load_state(out)
+    assert list(state.pending) == ["codistill"] and state.spent["codistill"] > 0, state
+    assert 0 < checkpoint.align(folders) < steps
+    assert not (out / "results.json").exists()
+    # The driver only joined the cluster: stopping it stopped none of the cluster's processes.
+    assert {n["node_ip"] for n in cluster.alive_nodes()} == {n.ip for n in cluster.nodes}

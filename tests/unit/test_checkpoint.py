@@ -6,11 +6,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from codistill import storage
+from codistill.errors import CheckpointError
 from codistill.region import checkpoint
 
 WRITER = """
@@ -87,3 +89,35 @@ def test_writes_killed_at_random_points_always_leave_a_loadable_checkpoint(tmp_p
             continue
         last_step = max(last_step, state["step"])
     assert last_step > 0, "the writer never completed a checkpoint"
+
+
+class _Payload:
+    """Unpickled, it would create the file `marker`: what a hostile writer of the folder could plant."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def plant_payload(checkpoint_path: Path, marker: Path) -> None:
+    """Overwrite a checkpoint with one that also carries `_Payload`, written by torch.save as ours are."""
+    state = torch.load(checkpoint_path, weights_only=True)
+    torch.save({**state, "extra": _Payload(marker)}, checkpoint_path)
+
+
+@pytest.mark.parametrize("form", FOLDER_FORMS, ids=["path", "str", "file-uri", "location"])
+def test_a_checkpoint_that_would_run_code_is_refused_by_name_and_never_runs_it(tmp_path, form):
+    folder, marker = tmp_path / "region-0", tmp_path / "created-by-the-checkpoint"
+    checkpoint.save(folder, 10, {"x": torch.tensor([10])})
+    newest = checkpoint.save(folder, 20, {"x": torch.tensor([20])})
+    plant_payload(newest, marker)
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load_latest(form(folder))
+    message = str(info.value)
+    assert "step-000000020.pt" in message and "\n" not in message, message
+    assert not marker.exists()
+    # It is not skipped in favour of an older one either: no region starts from a folder someone tampered with.
+    newest.unlink()
+    assert checkpoint.load_latest(form(folder))["x"].item() == 10

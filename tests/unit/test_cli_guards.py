@@ -60,3 +60,11 @@ def test_out_and_resume_expand_the_home_folder(monkeypatch, tmp_path):
     args = cli._parser().parse_args(["run", "c.yaml", "--out", "~/runs/x"])
     assert args.out == tmp_path / "runs" / "x"
     assert cli._parser().parse_args(["run", "--resume", "~/runs/x"]).resume == tmp_path / "runs" / "x"
+
+
+@pytest.mark.parametrize("token", ["", "  "])
+def test_an_empty_token_is_refused_before_data_or_ray(tmp_path, capsys, nothing_may_start, token):
+    code = cli.main(["run", QUICKSTART, "--out", str(tmp_path / "run"), "--set", f"security.token={token}"])
+    captured = capsys.readouterr()
+    lines = [line for line in (captured.out + captured.err).splitlines() if line.strip()]
+    assert code == cli.EXIT_USAGE and len(lines) == 1 and "security.token is empty" in lines[0], lines

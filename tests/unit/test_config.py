@@ -300,3 +300,12 @@ def test_an_int_too_long_to_print_is_still_a_short_error():
     # Python refuses to turn ints of over 4,300 digits into text; the message must not.
     with pytest.raises(ConfigError, match=r"^seed: .*\(got <int too large to show>\)$"):
         config.from_dict({"seed": 10**5000})
+
+
+@pytest.mark.parametrize("token", ["", "  ", "\t"])
+def test_an_empty_token_is_a_config_error_in_a_file_or_an_override(token):
+    with pytest.raises(config.ConfigError, match="security.token is empty"):
+        config.from_dict({"security": {"token": token}})
+    with pytest.raises(config.ConfigError, match="security.token is empty"):
+        config.from_dict(config.apply_overrides({}, [f"security.token={token}"]))
+    assert config.apply_overrides({}, ["security.token=null"]) == {"security": {"token": None}}

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,13 +25,15 @@ from codistill.config import RunConfig
 from codistill.data import Split, load_dataset, make_split
 from codistill.errors import ResumeError
 from codistill.launch import placement
-from codistill.launch.interrupt import Interrupts, deferred_interrupts
+from codistill.launch.interrupt import Interrupted, Interrupts, deferred_interrupts
 from codistill.launch.loopback import keep_local_ray_on_loopback
 from codistill.launch.memory import RunMemory
 from codistill.launch.monitor import RunMonitor, ensemble_accuracy
 from codistill.launch.plan import plan_regions
 from codistill.records import DatasetInfo, ProgressSnapshot, RegionPlan, RegionResult, RunEvent, RunState, StrategyResult, write_json
 from codistill.region import checkpoint
+from codistill.saved.store import MODELS
+from codistill.saved.writer import save_strategy
 from codistill.storage import Location
 
 log = logging.getLogger(__name__)
@@ -40,15 +43,17 @@ POLL_S = 0.5
 RETARGET_EVERY = 10
 
 Progress = Callable[[list[ProgressSnapshot], list[RunEvent]], None]
-# How long a stopping run may take to drain its regions after Ctrl-C before the driver gives up on them.
+# How long a stopping run may take to drain its regions after Ctrl-C before the driver gives up on them
+# (the grace period of the signal, interrupt.GRACE_S, usually ends the wait first).
 DRAIN_S = 60.0
 
 
-class Stopped(KeyboardInterrupt):
-    """Ctrl-C stopped a strategy after `seconds` of training; its regions were stopped and drained."""
+class Stopped(Interrupted):
+    """Ctrl-C or SIGTERM (`signum`) stopped a strategy after `seconds` of training; its regions were stopped and drained."""
 
-    def __init__(self, seconds: float):
-        super().__init__(seconds)
+    def __init__(self, seconds: float, signum: int = signal.SIGINT):
+        super().__init__(signum)
+        self.args = (seconds, signum)  # as the constructor takes them: the exception pickles
         self.seconds = seconds
 
 
@@ -90,17 +95,19 @@ def supervise(
     """Start the regions, watch them until every one has finished, and return their results.
 
     Stops them early once the monitor says the run converged (monitor.stop_when_converged).
-    On Ctrl-C, stops the regions, waits for them to drain and raises Stopped.
+    On Ctrl-C or SIGTERM, stops the regions, waits for them to drain and raises Stopped; a second
+    signal, or interrupt.GRACE_S after the first, cuts the wait short.
     `placed(runner)` is called once the regions have started and again before their results are read.
     """
     start = time.perf_counter()
     try:
-        try:
-            with deferred_interrupts() as interrupts:
+        # The drain stays inside the block: a signal while draining must find this handler, not Ray's.
+        with deferred_interrupts() as interrupts:
+            try:
                 results = _watch(runner, monitor, on_progress, interrupts, placed)
-        except KeyboardInterrupt:
-            _drain(runner, monitor, on_progress)
-            raise Stopped(time.perf_counter() - start) from None
+            except KeyboardInterrupt:
+                _drain(runner, monitor, on_progress)
+                raise Stopped(time.perf_counter() - start, interrupts.signum or signal.SIGINT) from None
         train_seconds = time.perf_counter() - start
         lingered = _linger(linger_s, train_seconds, announce) if runner.host is not None else 0.0
         return Supervised(results, train_seconds, lingered)
@@ -114,7 +121,7 @@ def _watch(
 ) -> list[RegionResult]:
     """Start the regions and poll them until every one has finished; stop them once the run converged.
 
-    A Ctrl-C pressed meanwhile surfaces here, as KeyboardInterrupt, at the next poll."""
+    A Ctrl-C or SIGTERM meanwhile surfaces here, as Interrupted (a KeyboardInterrupt), at the next poll."""
     runner.start()
     if placed:
         placed(runner)
@@ -152,7 +159,7 @@ def _drain(runner: Runner, monitor: RunMonitor, on_progress: Progress | None) ->
             monitor.observe(snapshots)
             if on_progress:
                 on_progress(snapshots, monitor.drain())
-    except KeyboardInterrupt:  # a second Ctrl-C: stop waiting, close at once
+    except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM, or the grace period is over: stop waiting, close at once
         pass
     except Exception as exc:  # a region that fails while stopping (e.g. its worker got the Ctrl-C too): its checkpoints stay
         log.warning("while stopping: %s", " ".join(str(exc).splitlines()))
@@ -264,6 +271,9 @@ def mirror(cfg: RunConfig, out_dir: Path) -> None:
     for name in ("config.yaml", STATE_FILE, "metrics.jsonl", "results.json"):
         if (out_dir / name).is_file():
             storage.upload(out_dir / name, where.child(name))
+    for path in sorted((out_dir / MODELS).rglob("*")):  # the saved models, file by file
+        if path.is_file() and not path.name.startswith("."):
+            storage.upload(path, where.child(*path.relative_to(out_dir).parts))
 
 
 def _align_resume(cfg: RunConfig, out_dir: Path, strategy: str, run_id: str) -> int:
@@ -272,7 +282,10 @@ def _align_resume(cfg: RunConfig, out_dir: Path, strategy: str, run_id: str) -> 
     Returns how many run-level evaluations of `strategy` metrics.jsonl keeps (the resumed ones number on from there).
     """
     folder = checkpoint_folder(cfg, out_dir, strategy, run_id)
-    step = checkpoint.align([folder.child(f"region-{i}") for i in range(cfg.regions.count)]) if folder else 0
+    regions = [folder.child(f"region-{i}") for i in range(cfg.regions.count)] if folder else []
+    step = checkpoint.align(regions) if folder else 0
+    for region in regions:  # every region resumes from a checkpoint read here first: a tampered one stops the run now
+        checkpoint.load_latest(region)
     path = out_dir / "metrics.jsonl"
     if not path.is_file():
         return 0
@@ -373,6 +386,7 @@ def run(
                 mirror(cfg, out_dir)
                 raise
             offset = 0
+            save_strategy(out_dir, cfg, split, state.run_id, result)  # models/<strategy>/: before the state says it finished
             state = state.finished(strategy, result.to_json())
             write_json(out_dir / STATE_FILE, state.to_json())
             # A strategy that fails later must not cost the results of those that finished.

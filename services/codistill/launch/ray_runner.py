@@ -26,6 +26,7 @@ from codistill.data import Split
 from codistill.errors import RegionError
 from codistill.launch.fedavg import WeightAverager
 from codistill.launch import placement
+from codistill.launch.interrupt import keep_sigterm_handler
 from codistill.launch.loopback import keep_local_ray_on_loopback
 from codistill.launch.placement import PlacementError
 from codistill.launch.plan import SharedData, region_data
@@ -172,7 +173,8 @@ def ensure_ray(cfg: RunConfig, address: str | None) -> bool:
     # How user code reaches the workers: ray.runtime_env on a cluster; locally also the driver's sys.path.
     runtime_env = plugins.runtime_env(cfg, local=not address) or None
     if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env)
+        with keep_sigterm_handler():  # `codistill run` stops on SIGTERM as on Ctrl-C, not by Ray's handlers
+            ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env)
         return False
     keep_local_ray_on_loopback()
     # Ray turns token auth on for a new local cluster (good) and announces it on every start; the
@@ -181,7 +183,8 @@ def ensure_ray(cfg: RunConfig, address: str | None) -> bool:
     needed = math.ceil(cfg.regions.count * cfg.regions.num_cpus)
     num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, needed)
     # address="local": a Ray of this run's own, never a `ray start` cluster that happens to run on this machine.
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, configure_logging=False, runtime_env=runtime_env)
+    with keep_sigterm_handler():
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, configure_logging=False, runtime_env=runtime_env)
     return True
 
 

@@ -10,12 +10,18 @@ pruned only after the new one is written.
 
 Functions take a folder as a `Path`, a `str` or a `Location`. A checkpoint is
 named by a `Path` when its folder is local and by a `Location` otherwise.
+
+A checkpoint holds tensors and plain values only, and is read with torch's
+weights-only unpickler: a file that asks for anything else (whoever can write to
+the folder or bucket could otherwise run code on every node that restores a
+region) is refused by name, and no region starts from it.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -23,6 +29,7 @@ from typing import Any
 import torch
 
 from codistill import storage
+from codistill.errors import CheckpointError
 from codistill.storage import Location
 
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
@@ -81,13 +88,31 @@ def align(folders: list[Folder]) -> int:
 
 
 def load_latest(folder: Folder) -> dict[str, Any] | None:
-    """The newest checkpoint that loads; None when there is none."""
+    """The newest checkpoint that loads; None when there is none.
+
+    Raises CheckpointError for one that holds more than tensors and plain values."""
     for path in reversed(checkpoints(folder)):
         try:
-            return torch.load(_source(path), map_location="cpu", weights_only=False)
+            return load(path)
+        except CheckpointError:
+            raise
         except Exception:  # a damaged file (e.g. disk error) or one pruned meanwhile: fall back to the previous one
             continue
     return None
+
+
+def load(path: Checkpoint) -> dict[str, Any]:
+    """One checkpoint, read without running code: anything but tensors and plain values is refused."""
+    try:
+        return torch.load(_source(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch names what it refused ("Unsupported global: GLOBAL os.system ..."); the rest of its text is advice for developers.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f"it asks for {found.group(1)}" if found else "it holds more than tensors and plain values"
+        raise CheckpointError(
+            f"checkpoint {path} was not loaded: {what}, which no codistill checkpoint does"
+            " (it was changed since it was written; move it away to resume from an earlier one)"
+        ) from None
 
 
 def _named(loc: Location) -> Checkpoint:

@@ -21,6 +21,7 @@ from codistill.losses import codistillation_loss, soften
 from codistill.models import build_model
 from codistill.records import RegionData
 from codistill.region.inbox import Pool, sample
+from codistill.saved.store import weights_to_bytes
 
 # Transfer examples every evaluation predicts for run-level disagreement (convergence is judged
 # on these unlabeled inputs, never on the test split).
@@ -192,6 +193,10 @@ class Learner:
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(weights)
+
+    def saved_weights(self) -> bytes:
+        """The model's weights as the run saves them (safetensors)."""
+        return weights_to_bytes(self.model)
 
     def fresh_optimizer(self) -> None:
         # The scheduler keeps stepping the first optimiser: each round's fresh one runs at the base rate.

@@ -123,7 +123,7 @@ class RegionLoop:
             restarts=self.restarts, resumed_from=self.start_step, train_seconds=time.perf_counter() - start,
             exchange_seconds=ledger.exchange_seconds, peak_rss_bytes=peak_rss_bytes(), test_probs=probs.cpu().numpy(),
             validation_accuracy=val_acc, validation_probs=val_probs.cpu().numpy(), cpu_seconds=self._cpu_seconds(),
-            curve=list(self.curve), peer_weights=self.stats.peer_weights(), exchanges=ledger.exchanges,
+            curve=list(self.curve), peer_weights=self.stats.peer_weights(), exchanges=ledger.exchanges, weights=self.learner.saved_weights(),
         )
 
     def _cpu_seconds(self) -> float:

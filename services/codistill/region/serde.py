@@ -1,11 +1,11 @@
 """The one boundary between protobuf messages and domain values/tensors.
 
-Nothing else in codistill touches `*_pb2` message classes.
+Nothing else in codistill touches `*_pb2` message classes, but for `push_sizes`, which checks an
+incoming push's sizes on its wire bytes before this module parses it.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from google.protobuf.message import DecodeError
 
-from codistill.region import validation
+from codistill.region import push_sizes, validation
 from codistill.region.messages import (
     MessageRejected,
     PeerCounters,
@@ -27,17 +27,13 @@ from codistill.v1 import region_pb2 as pb
 if TYPE_CHECKING:
     from codistill.config import ExchangeConfig
 
-_DTYPES = {
-    "float16": (pb.DTYPE_FLOAT16, np.dtype("<f2")),
-    "float32": (pb.DTYPE_FLOAT32, np.dtype("<f4")),
-}
-_BY_CODE = {code: dt for code, dt in _DTYPES.values()}
+_DTYPES = push_sizes.DTYPES
+_BY_CODE = push_sizes.BY_CODE
 # A receiver accepts either dtype, so its size cap must admit the widest.
 _WIDEST_ITEMSIZE = max(dt.itemsize for _, dt in _DTYPES.values())
 # An int64 varint takes at most 10 bytes on the wire.
 _ID_WIRE_BYTES = 10
-# Room for the run id, the scalar fields, the shape and the field tags.
-MESSAGE_HEADROOM_BYTES = 64 * 1024
+MESSAGE_HEADROOM_BYTES = push_sizes.MESSAGE_HEADROOM_BYTES
 # uint8: a probability p travels as round(255 p), so a byte step is 1/255.
 _UINT8_STEPS = 255
 
@@ -90,20 +86,10 @@ def tensor_to_proto(t: torch.Tensor, dtype: str) -> pb.Tensor:
 
 def tensor_from_proto(msg: pb.Tensor) -> torch.Tensor:
     """Decode to float32; bytes length must match dtype × shape."""
-    np_dtype = _BY_CODE.get(msg.dtype)
-    if np_dtype is None:
-        raise MessageRejected(Rejection.BAD_DTYPE, f"unsupported tensor dtype code {msg.dtype}")
-    if len(msg.shape) > 8:
+    if len(msg.shape) > push_sizes.MAX_DIMS:
         raise MessageRejected(Rejection.BAD_SHAPE, f"shape has {len(msg.shape)} dimensions")
     shape = tuple(int(d) for d in msg.shape)
-    if any(d < 0 for d in shape):
-        raise MessageRejected(Rejection.BAD_SHAPE, f"negative dimension in shape {shape}")
-    # Python integers: a shape like [2**32, 2**32] must not wrap around to a small size.
-    expected = math.prod(shape) * np_dtype.itemsize
-    if len(msg.data) != expected:
-        raise MessageRejected(
-            Rejection.BAD_DTYPE, f"{len(msg.data)} bytes do not match shape {shape} of {np_dtype.name}"
-        )
+    np_dtype = push_sizes.check_tensor_bytes(msg.dtype, shape, len(msg.data))
     array = np.frombuffer(msg.data, dtype=np_dtype).reshape(shape)
     return torch.from_numpy(array.astype(np.float32))
 
@@ -162,8 +148,9 @@ def quantized_to_proto(probs: torch.Tensor) -> pb.Quantized:
     return pb.Quantized(shape=list(q.shape), data=q.tobytes())
 
 
-def quantized_from_proto(msg: pb.Quantized, rows: int) -> torch.Tensor:
-    num_classes = validation.check_quantized_sizes(rows, list(msg.shape[:3]), len(msg.data))
+def quantized_from_proto(msg: pb.Quantized, rows: int, expected: int | None = None) -> torch.Tensor:
+    """Checked and made dense; `expected` is the receiver's class count, checked before the rows are built."""
+    num_classes = validation.check_quantized_sizes(rows, list(msg.shape[:3]), len(msg.data), expected)
     q = torch.from_numpy(np.frombuffer(msg.data, dtype=np.uint8).reshape(rows, num_classes).copy())
     validation.check_quantized(q)
     return dequantize(q)
@@ -190,8 +177,14 @@ def predictions_to_proto(batch: PredictionBatch, encoding: Encoding | str = "flo
     )
 
 
-def decode_push(raw: bytes) -> pb.PushPredictionsRequest:
-    """Parse the wire bytes of a PushPredictions request."""
+def decode_push(raw: bytes, max_ids: int | None = None, num_classes: int | None = None) -> pb.PushPredictionsRequest:
+    """Parse the wire bytes of a PushPredictions request, once its sizes are known to fit.
+
+    Every count (ids, rows, classes, k, dimensions) and byte length is read off the wire and
+    checked against the receiver's `max_ids` (its transfer-set size) and `num_classes` before
+    the message is parsed, so a refused message costs no more than its bytes.
+    """
+    push_sizes.check(raw, max_ids, num_classes)
     try:
         return pb.PushPredictionsRequest.FromString(raw)
     except DecodeError:
@@ -207,7 +200,7 @@ def _probs_from_proto(msg: pb.PushPredictionsRequest, rows: int, num_classes: in
     if kind == "topk":
         return topk_from_proto(msg.topk, rows, num_classes)
     if kind == "uint8":
-        return quantized_from_proto(msg.uint8, rows)
+        return quantized_from_proto(msg.uint8, rows, num_classes)
     # None set, or a field of an encoding this region does not know (parsed as unknown).
     raise MessageRejected(Rejection.UNKNOWN_ENCODING, "message carries predictions in no encoding this region knows")
 

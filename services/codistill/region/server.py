@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import Counter
 from typing import Callable
 
 import grpc
@@ -38,6 +39,11 @@ MAX_CONNECTION_IDLE_MS = 300_000
 KEEPALIVE_TIME_MS = 30_000
 KEEPALIVE_TIMEOUT_MS = 10_000
 HANDSHAKE_TIMEOUT_MS = 10_000
+# Health Watch streams need no token and live until cancelled, and each holds one of the
+# server's concurrent-call slots: capped apart (per connection and in total, far below
+# MIN_CONCURRENT_RPCS), so watchers can never take the slots peers push through.
+MAX_WATCHES = 8
+MAX_WATCHES_PER_CONNECTION = 2
 # gRPC takes int32 message sizes.
 _INT32_MAX = 2**31 - 1
 
@@ -70,11 +76,16 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
 
 
 class HealthService(health_pb2_grpc.HealthServicer):
-    """Standard health for the known service names only: an unknown name gets NOT_FOUND and leaves no state."""
+    """Standard health for the known service names only: an unknown name gets NOT_FOUND and leaves no state.
+
+    At most MAX_WATCHES Watch streams are open at once, MAX_WATCHES_PER_CONNECTION on one
+    connection; one more is refused with RESOURCE_EXHAUSTED (Check is never limited).
+    """
 
     def __init__(self):
         self._serving = False
         self._changed: asyncio.Event | None = None  # created on the server's loop
+        self._watches: Counter[str] = Counter()  # open Watch streams by connection (peer address)
 
     def _status(self) -> int:
         return health_pb2.HealthCheckResponse.SERVING if self._serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -95,16 +106,30 @@ class HealthService(health_pb2_grpc.HealthServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service[:100]!r}")
         return health_pb2.HealthCheckResponse(status=self._status())
 
+    @property
+    def open_watches(self) -> int:
+        return sum(self._watches.values())
+
     async def Watch(self, request, context):
         if request.service not in HEALTH_SERVICES:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service[:100]!r}")
-        last = None
-        while True:
-            changed = self._changed
-            if self._status() != last:
-                last = self._status()
-                yield health_pb2.HealthCheckResponse(status=last)
-            await changed.wait()
+        connection = context.peer()
+        if self.open_watches >= MAX_WATCHES or self._watches[connection] >= MAX_WATCHES_PER_CONNECTION:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many health watches are open; use Check")
+        # Counted on the server's one event loop: no lock needed.
+        self._watches[connection] += 1
+        try:
+            last = None
+            while True:
+                changed = self._changed
+                if self._status() != last:
+                    last = self._status()
+                    yield health_pb2.HealthCheckResponse(status=last)
+                await changed.wait()
+        finally:
+            self._watches[connection] -= 1
+            if not self._watches[connection]:
+                del self._watches[connection]
 
 
 class RegionServer:

@@ -117,7 +117,7 @@ class RegionServicer:
                 raise MessageRejected(Rejection.NOT_READY, "region is not wired to its peers yet")
             if len(raw) > self.max_message_bytes:
                 raise MessageRejected(Rejection.TOO_LARGE, f"{len(raw)} bytes exceed this region's cap of {self.max_message_bytes}")
-            request = serde.decode_push(raw)
+            request = serde.decode_push(raw, max_ids=inbox.transfer_size, num_classes=inbox.num_classes)
             identity.check_sender(request.sender_id)
             batch = serde.predictions_from_proto(request, max_ids=inbox.transfer_size, num_classes=inbox.num_classes)
         except MessageRejected as exc:

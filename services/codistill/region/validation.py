@@ -105,8 +105,10 @@ def check_topk(values: torch.Tensor, classes: torch.Tensor, num_classes: int) ->
         raise MessageRejected(Rejection.NOT_NORMALISED, f"a top-k row keeps mass {kept:.4g}, beyond 1+{ROW_SUM_TOLERANCE}")
 
 
-def check_quantized_sizes(rows: int, shape: list[int], nbytes: int) -> int:
-    """A uint8 message's sizes: shape [rows, C] with C >= 1, one byte per probability. Returns C."""
+def check_quantized_sizes(rows: int, shape: list[int], nbytes: int, expected: int | None = None) -> int:
+    """A uint8 message's sizes: shape [rows, C] with C >= 1, one byte per probability.
+
+    `expected` is the receiver's class count. Returns C."""
     if rows == 0:
         raise MessageRejected(Rejection.BAD_SHAPE, "a uint8 message with no sample ids")
     if len(shape) != 2 or shape[0] != rows or shape[1] < 1:
@@ -114,6 +116,8 @@ def check_quantized_sizes(rows: int, shape: list[int], nbytes: int) -> int:
     # Python integers: a huge shape must not wrap around to the data's length.
     if nbytes != rows * shape[1]:
         raise MessageRejected(Rejection.BAD_SHAPE, f"{nbytes} bytes do not match uint8 shape {shape}")
+    if expected is not None and shape[1] != expected:
+        raise MessageRejected(Rejection.BAD_CLASS_COUNT, f"expected {expected} classes, got {shape[1]}")
     return shape[1]
 
 

@@ -76,6 +76,11 @@ def test_ctrl_c_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path):
         assert abs(r["bytes_received"] - w["bytes_received"]) <= per_interval, (r["bytes_received"], w["bytes_received"])
         assert [s for s, _ in r["curve"]] == [s for s, _ in w["curve"]]
         assert max(abs(a - b) for (_, a), (_, b) in zip(r["curve"], w["curve"])) <= 0.05
+    # The resumed run saves its finished models, as the uninterrupted one does, and they are what it reports.
+    for i, (r, w) in enumerate(zip(resumed["regions"], whole["regions"])):
+        cards = [json.loads((run / "models" / "codistill" / f"region-{i}" / "model.json").read_text()) for run in (out, tmp_path / "whole")]
+        assert [c["step"] for c in cards] == [STEPS, STEPS]
+        assert (cards[0]["test_accuracy"], cards[1]["test_accuracy"]) == (r["test_accuracy"], w["test_accuracy"])
     # Wall time says what it covers: every invocation together, and this one alone.
     assert resumed["wall_seconds"] == pytest.approx(before + resumed["wall_seconds_this_run"])
     assert resumed["wall_seconds_this_run"] < resumed["wall_seconds"]

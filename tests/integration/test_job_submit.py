@@ -169,10 +169,11 @@ def test_ray_job_stop_stops_the_run_as_ctrl_c_does_and_leaves_it_resumable(clust
     working_dir = shipped_checkout(tmp_path / "checkout")
     out = tmp_path / "codistill-runs" / "stopped"
     job_id = f"codistill-{secrets.token_hex(4)}"
-    steps = 5000  # far more than it gets to: stopped at its first checkpoints
-    res = submit(cluster, working_dir, out, job_id, {**OVERRIDES, "train.steps": steps, "fault.checkpoint_every": 10}, "--no-wait")
+    steps, regions = 5000, 2  # far more steps than it gets to: stopped at its first checkpoints
+    overrides = {**OVERRIDES, "regions.count": regions, "train.steps": steps, "fault.checkpoint_every": 10}
+    res = submit(cluster, working_dir, out, job_id, overrides, "--no-wait")
     assert res.returncode == 0, res.stdout + res.stderr
-    folders = [out / "checkpoints" / "codistill" / f"region-{i}" for i in range(REGIONS)]
+    folders = [out / "checkpoints" / "codistill" / f"region-{i}" for i in range(regions)]
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while time.monotonic() < deadline and not all(any(f.glob("step-*.pt")) for f in folders):
         time.sleep(0.2)

@@ -54,7 +54,6 @@ class Fields:
     spans: dict[int, tuple[int, int]] = field(default_factory=dict)  # BYTES fields: [start, end)
     counts: dict[int, int] = field(default_factory=dict)  # REPEATED fields: entries
     values: dict[int, list[int]] = field(default_factory=dict)  # REPEATED fields asked for, as int64
-    unknown_bytes: int = 0
 
     def length(self, number: int) -> int:
         start, end = self.spans.get(number, (0, 0))
@@ -126,7 +125,6 @@ def walk(
         if kind is None:
             pos = _skip(buf, pos, end, wire, number)
             budget.spend(pos - field_start)
-            out.unknown_bytes += pos - field_start
             continue
         if kind is Kind.REPEATED:
             pos = _repeated(buf, pos, end, wire, number, out, limits.get(number), number in decode)

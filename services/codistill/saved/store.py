@@ -120,10 +120,6 @@ def load_model(run_dir: str | Path, region: int | None = 0, strategy: str | None
     return load_folder(model_folder(Path(run_dir), region, strategy))
 
 
-def card_of(model: nn.Module) -> ModelCard:
-    return model.codistill_card
-
-
 def _scale_uint8(module: nn.Module, args: tuple) -> tuple:
     """Raw uint8 pixels become [0, 1] floats, as codistill.data.to_float made them in training."""
     x, *rest = args
